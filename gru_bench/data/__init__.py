@@ -1,0 +1,25 @@
+"""Datasets: registry, download, preparation into piano-roll tensors, statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gru_bench.data.pianoroll import PianoRolls
+from gru_bench.data.registry import DATASETS, SPLITS, Dataset, get_dataset
+from gru_bench.paths import processed_dir
+
+ROUTES = ("reference", "midi")
+
+
+def processed_path(name: str, route: str = "reference") -> Path:
+    """Where `prepare` writes and training reads a dataset (`name` may also be a user folder's name)."""
+    key = get_dataset(name).key if name.lower() in {*DATASETS, *(d.title.lower() for d in DATASETS.values())} else name
+    return processed_dir() / (f"{key}.npz" if route == "reference" else f"{key}.{route}.npz")
+
+
+def load(name: str, route: str = "reference") -> PianoRolls:
+    """Prepared piano rolls of a dataset; a clear error says which `prepare` command is missing."""
+    return PianoRolls.load(processed_path(name, route))
+
+
+__all__ = ["DATASETS", "ROUTES", "SPLITS", "Dataset", "PianoRolls", "get_dataset", "load", "processed_path"]

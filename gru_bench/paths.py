@@ -1,0 +1,23 @@
+"""Default locations; one place so that the CLI, make and tests agree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    """Root of downloads and processed tensors (`GRU_BENCH_DATA` overrides `./data`)."""
+    return Path(os.environ.get("GRU_BENCH_DATA", "data"))
+
+
+def raw_dir(dataset: str) -> Path:
+    return data_dir() / "raw" / dataset
+
+
+def processed_dir() -> Path:
+    return data_dir() / "processed"
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("GRU_BENCH_RESULTS", "results"))
