@@ -6,10 +6,14 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 TORCH_SPEC ?= torch==$(TORCH_VERSION)
 DATA_SOURCE ?=
+WORKERS ?= 2
+SEARCH ?= 0
 BIN := $(VENV)/bin
 GB := $(BIN)/gru-bench
+SWEEP := $(if $(filter 1,$(SEARCH)),configs/sweeps/reproduce-search.yaml,configs/sweeps/reproduce.yaml)
+QUICK_RESULTS := results/quick
 
-.PHONY: venv test lint data reproduce
+.PHONY: venv test lint data reproduce reproduce-quick report bench clean distclean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,4 +36,30 @@ data: venv
 	$(GB) data download all $(if $(DATA_SOURCE),--source "$(DATA_SOURCE)")
 	$(GB) data prepare all
 
+# The full study: 4 datasets x 3 models x 3 seeds, paper protocol; re-running skips finished runs and
+# resumes interrupted ones. SEARCH=1 adds the paper's 10-trial learning-rate search per cell.
 reproduce: data
+	$(GB) sweep $(SWEEP) --workers $(WORKERS)
+	$(GB) compare results --out results/report
+
+# The same pipeline on a tiny epoch budget and one seed, into results/quick/ (not committed).
+reproduce-quick: data
+	GRU_BENCH_RESULTS=$(QUICK_RESULTS) $(GB) sweep configs/sweeps/quick.yaml --workers $(WORKERS)
+	$(GB) compare $(QUICK_RESULTS) --out $(QUICK_RESULTS)/report
+
+report: venv
+	$(GB) compare results --out results/report
+
+bench: venv
+	$(GB) bench --out results/bench/bench.csv
+
+# Removes only what can be rebuilt without a download or a training run.
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache $(QUICK_RESULTS)
+	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+# Also removes the venv, downloads, processed data and run checkpoints, after asking.
+distclean: clean
+	@read -p "Delete $(VENV), data/raw, data/processed and results/runs checkpoints? [y/N] " ans && [ "$$ans" = y ]
+	rm -rf $(VENV) data/raw data/processed
+	find results/runs -name '*.pt' -delete 2>/dev/null || true
