@@ -13,7 +13,8 @@ ROUTES = ("reference", "midi")
 
 def processed_path(name: str, route: str = "reference") -> Path:
     """Where `prepare` writes and training reads a dataset (`name` may also be a user folder's name)."""
-    key = get_dataset(name).key if name.lower() in {*DATASETS, *(d.title.lower() for d in DATASETS.values())} else name
+    known = {*DATASETS, *(d.title.lower() for d in DATASETS.values())}
+    key = get_dataset(name).key if name.lower() in known else name
     return processed_dir() / (f"{key}.npz" if route == "reference" else f"{key}.{route}.npz")
 
 

@@ -49,7 +49,8 @@ class PianoRolls:
         except FileNotFoundError:
             raise UserError(f"{path} not found: run 'gru-bench data prepare' first") from None
         except (OSError, ValueError) as e:
-            raise UserError(f"{path} is not a gru-bench piano-roll file ({e}): delete it and re-run prepare") from None
+            msg = f"{path} is not a gru-bench piano-roll file ({e}): delete it and re-run prepare"
+            raise UserError(msg) from None
         with z:
             splits, names = {}, {}
             for split in [s for s in SPLITS if f"{s}.bits" in z] + sorted(

@@ -82,7 +82,7 @@ DATASETS: dict[str, Dataset] = {
                     "JSB Chorales.zip",
                     "midi_zip",
                     (
-                        "69924294546a71620c06374085cd6b0300665ea215e2f854f65a11929f1e723c",  # original (muspy)
+                        "69924294546a71620c06374085cd6b0300665ea215e2f854f65a11929f1e723c",  # original
                         "6bd963997f8f4ebeebf6aa1a06e7d26eae111aec2abe08c0f0a5e866ee89114e",  # our rebuild
                     ),
                     (_BOULANNI + "JSB%20Chorales.zip",),
