@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
 from gru_bench.errors import UserError
+from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
 
 app = typer.Typer(help="Reproduce Chung et al. (2014): tanh-RNN vs LSTM vs GRU on polyphonic music.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -35,13 +37,262 @@ def friendly(fn: Callable) -> Callable:
 
 # --- data (download / prepare / info) -------------------------------------------------------------
 
+@data_app.command("download")
+@friendly
+def data_download(
+    name: str = typer.Argument(..., help="jsb, nottingham, musedata, piano-midi or 'all'."),
+    source: str | None = typer.Option(
+        None, help="Take the files only from this folder (searched recursively by file name) or mirror "
+        "base URL, e.g. ../shared/datasets."),
+    allow_unknown_hash: bool = typer.Option(
+        False, "--allow-unknown-hash", help="Keep files whose sha256 is not a known one (with a warning)."),
+) -> None:
+    """Download the dataset files into data/raw/<name>/ (or copy them from --source), checking each sha256."""
+    from gru_bench.data.download import download
+
+    download(name, source=source, allow_unknown_hash=allow_unknown_hash)
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    name: str = typer.Argument(..., help="jsb, nottingham, musedata, piano-midi, 'all', or a MIDI folder."),
+    from_midi: bool = typer.Option(False, "--from-midi", help="Build the rolls from MIDI (route 'midi')."),
+    transpose: str = typer.Option("estimate", help="MIDI route: 'estimate' (key -> C) or 'none'."),
+    out_name: str | None = typer.Option(
+        None, "--name", help="Folder only: dataset name (default: the folder's name)."
+    ),
+    frame: str | None = typer.Option(None, help="Folder only: 'eighth' or 'quarter120' (default: eighth)."),
+    valid_ratio: float | None = typer.Option(
+        None, help="Folder only, without train/valid/test subfolders: share of files for valid (default 0.1)."
+    ),
+    test_ratio: float | None = typer.Option(
+        None, help="Folder only, without train/valid/test subfolders: share of files for test (default 0.1)."
+    ),
+    seed: int | None = typer.Option(None, help="Folder only: seed of the random split (default 0)."),
+) -> None:
+    """Turn downloaded files (or a folder of MIDI files) into checked piano rolls under data/processed."""
+    from gru_bench.data.prepare import prepare
+    from gru_bench.data.registry import DATASETS
+
+    names = list(DATASETS) if name.strip().lower() == "all" else [name]
+    for n in names:
+        path = prepare(n, from_midi=from_midi, transpose=transpose, echo=typer.echo, out_name=out_name,
+                       frame=frame, valid_ratio=valid_ratio, test_ratio=test_ratio, seed=seed)
+        typer.echo(f"{n}: wrote {path}")
+
+
+@data_app.command("info")
+@friendly
+def data_info(
+    name: str = typer.Argument(..., help="A prepared dataset, or the name of a prepared MIDI folder."),
+    from_midi: bool = typer.Option(False, "--from-midi", help="Describe the MIDI route, not the reference."),
+) -> None:
+    """Per-split statistics of a prepared dataset and its independent-Bernoulli baseline NLL."""
+    from rich.console import Console
+
+    from gru_bench.data.stats import info
+
+    Console().print(info(name, from_midi=from_midi))
+
+
 # --- train / evaluate ---------------------------------------------------------------------------------
+
+@app.command("train")
+@friendly
+def train_cmd(
+    config: str | None = typer.Argument(
+        None, help="Config YAML, or <dataset>/<cell> for configs/<dataset>/<cell>.yaml (e.g. jsb/gru)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set training.lr=3e-4 "
+                                   "(YAML value; repeatable)."),
+    seed: int | None = typer.Option(None, help="training.seed"),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds trained in lockstep, e.g. 1,2,3."),
+    lr: float | None = typer.Option(None, help="training.lr"),
+    epochs: int | None = typer.Option(None, help="training.max_epochs"),
+    device: str | None = typer.Option(None, help="training.device: auto, cpu or cuda."),
+    name: str | None = typer.Option(None, help="run.name (default: seed<seed>, or seed<seed>-<hash>)."),
+    out: str | None = typer.Option(None, help="run.out_dir: runs go to OUT/<dataset>/<cell>/<name> "
+                                   "(default: results/runs)."),
+    resume: list[Path] = typer.Option([], help="Continue the run in this folder where it stopped "
+                                      "(repeatable: a lockstep group resumes together)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Train a model (or a lockstep stack of seeds); checkpoints every epoch, Ctrl-C safe (--resume)."""
+    from gru_bench.config import parse_seeds
+    from gru_bench.training import train_command
+
+    typed = {"training.seed": seed, "training.lr": lr, "training.max_epochs": epochs,
+             "training.device": device, "run.name": name, "run.out_dir": out}
+    overrides = [*set_, *(f"{k}={v}" for k, v in typed.items() if v is not None)]
+    summaries = train_command(config, overrides, parse_seeds(seeds) if seeds else None, resume, quiet=quiet)
+    for s in summaries:
+        test = f"{s['test_nll']:.4f}" if s["test_nll"] is not None else "-"
+        typer.echo(f"{s['dataset']}/{s['cell']}/{s['run_name']}: {s['status']}, best valid "
+                   f"{s['best_valid_nll'] or float('nan'):.4f} @ epoch {s['best_epoch']}, test {test} "
+                   f"({s['params']} params)")
+
+
+@app.command("evaluate")
+@friendly
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder (results/runs/<dataset>/<cell>/<run>)."),
+    split: str = typer.Option("test", help="train, valid or test."),
+    which: str = typer.Option("best", help="best (best valid NLL) or last checkpoint."),
+) -> None:
+    """Recompute the NLL per frame (nats) of a saved model on a split."""
+    from gru_bench.training import evaluate
+
+    typer.echo(f"{run_dir} {which} {split} NLL: {evaluate(run_dir, split, which):.4f}")
+
 
 # --- compare / sample -----------------------------------------------------------------------------------
 
+@app.command("compare")
+@friendly
+def compare_cmd(
+    results: Path = typer.Argument(Path("results"), help="Folder holding runs/ (as written by train/sweep)."),
+    out: Path | None = typer.Option(None, help="Where the report goes [default: RESULTS/report]."),
+    configs: Path | None = typer.Option(None, help="Folder of cell configs: a cell's table group is its runs "
+                                        "matching <dataset>/<cell>.yaml there (else its largest group) "
+                                        "[default: the repository's configs/]."),
+) -> None:
+    """Table 2 beside the paper (mean ± std over seeds), learning-curve figures, and every left-out run."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from gru_bench.config import CONFIGS_DIR
+    from gru_bench.report import compare
+
+    report_dir = compare(results, out, configs or CONFIGS_DIR)
+    Console().print(Markdown((report_dir / "table2.md").read_text()))
+    typer.echo(f"wrote {report_dir}/")
+
+
+@app.command("sample")
+@friendly
+def sample_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder (results/runs/<dataset>/<cell>/<run>)."),
+    steps: int = typer.Option(200, help="Frames to sample (after the primer)."),
+    out: Path = typer.Option(Path("sample.mid"), help="MIDI file to write; a piano roll .png goes beside."),
+    temperature: float = typer.Option(1.0, help="Divides the logits: <1 safer, >1 wilder, 0 likeliest."),
+    primer: int = typer.Option(0, help="Start with this many frames of a test-set piece (chosen by --seed)."),
+    seed: int = typer.Option(0, help="Seed of the note draws and of the primer choice."),
+    which: str = typer.Option("best", help="Checkpoint: best (best valid NLL) or last."),
+) -> None:
+    """Let a trained model compose: Bernoulli draws per note, frame by frame, written as MIDI + piano roll."""
+    from gru_bench.sample import sample
+
+    path = sample(run_dir, steps=steps, out=out, temperature=temperature, primer=primer, seed=seed,
+                  which=which)
+    typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
+
+
 # --- bench ------------------------------------------------------------------------------------------------
 
+@app.command("bench")
+@friendly
+def bench_cmd(
+    cells: str = typer.Option("tanh,lstm,gru", help="Comma-separated cells."),
+    impls: str = typer.Option("paper,fused", help="Comma-separated implementations (paper, fused)."),
+    batch_sizes: str = typer.Option("1,8,32", help="Comma-separated batch sizes."),
+    lengths: str = typer.Option("50,250", help="Comma-separated sequence lengths (time steps per update)."),
+    repeats: int = typer.Option(5, help="Timed updates per setting (the median is reported)."),
+    warmup: int = typer.Option(2, help="Untimed updates first (they also compile/load the numba kernels)."),
+    threads: int = typer.Option(1, help="torch.set_num_threads during the benchmark."),
+    lockstep_k: int = typer.Option(8, help="Also time stacks of this many models in lockstep (1: off)."),
+    out: Path | None = typer.Option(None, help="CSV to write (default: RESULTS/bench/bench.csv)."),
+) -> None:
+    """Training throughput (time steps/s) of torch.nn vs the paper/fused models, numba kernels off/on."""
+    from rich.console import Console
+
+    from gru_bench.bench import parse_ints, run_bench, table
+    from gru_bench.paths import results_dir
+
+    out = out or results_dir() / "bench" / "bench.csv"
+    df = run_bench(cells.split(","), impls.split(","), parse_ints(batch_sizes, "--batch-sizes"),
+                   parse_ints(lengths, "--lengths"), repeats=repeats, warmup=warmup, threads=threads,
+                   lockstep_k=lockstep_k, out=out, progress=True)
+    Console().print(table(df))
+    typer.echo(f"wrote {out}")
+
+
 # --- search / sweep -------------------------------------------------------------------------------------
+
+_WORKERS = typer.Option(None, help="Tasks (runs or lockstep groups) at once (default: CPUs; Ray: no limit).")
+_BACKEND = typer.Option("local", help="local (worker processes) or ray (needs: pip install ray).")
+_ADDRESS = typer.Option(None, help="Ray cluster address, e.g. ray://head:10001 (default: start a local Ray).")
+
+
+def _print_failures(failed: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "error", title=f"{len(failed)} run(s) not finished (run the command again to retry)")
+    for run, error in sorted(failed.items()):
+        table.add_row(run, error)
+    Console(stderr=True).print(table)
+
+
+@app.command("sweep")
+@friendly
+def sweep_cmd(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML, e.g. configs/sweeps/reproduce.yaml."),
+    workers: int | None = _WORKERS,
+    backend: str = _BACKEND,
+    address: str | None = _ADDRESS,
+    lockstep: int | None = typer.Option(None, help="Runs per stacked model (default: the file's, else 3)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and what would happen to each."),
+) -> None:
+    """Train a grid of runs; finished runs are skipped, interrupted ones resumed, failed ones retried."""
+    from gru_bench import sweep
+
+    if dry_run:
+        for run, what in sweep.preview(sweep_file):
+            typer.echo(f"{run:55s} {what}")
+        return
+    result = sweep.run_sweep(sweep_file, workers=workers, backend=backend, address=address, lockstep=lockstep)
+    for line in result.waiting:
+        typer.secho(line, fg=typer.colors.YELLOW, err=True)
+    if result.failed:
+        _print_failures(result.failed)
+        sys.exit(1)
+    typer.echo(f"sweep complete: {len(result.outcomes)} run(s)")
+
+
+@app.command("search")
+@friendly
+def search_cmd(
+    config: str = typer.Argument(..., help="Config file, or <dataset>/<cell> for a shipped one."),
+    trials: int = typer.Option(LR_SEARCH_TRIALS, help="Learning rates to try (the paper's number)."),
+    log_lr_range: tuple[float, float] = typer.Option(LR_SEARCH_LOG_RANGE, help="Range of ln(lr)."),
+    seed: int = typer.Option(0, help="Seed of the lr draws and of every trial's training."),
+    name: str = typer.Option("search", help="Names the trial runs (<name>-lr<lr>-seed<seed>) and record."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for all trials, e.g. training.max_epochs=5"),
+    workers: int | None = _WORKERS,
+    backend: str = _BACKEND,
+    address: str | None = _ADDRESS,
+    lockstep: int = typer.Option(LR_SEARCH_TRIALS, help="Trials per stacked model."),
+) -> None:
+    """The paper's learning-rate search: train each sampled lr, keep the best validation NLL."""
+    from gru_bench.search import search
+
+    rec = search(config, trials=trials, log_lr_range=log_lr_range, seed=seed, overrides=tuple(set_),
+                 name=name, workers=workers, backend=backend, address=address, lockstep=lockstep)
+    for t in rec["trials"]:
+        valid = "-" if t["best_valid_nll"] is None else f"{t['best_valid_nll']:.4f}"
+        mark = "*" if t["chosen"] else " "
+        typer.echo(f"{mark} trial {t['trial']:2d}  lr {t['lr']:.3e}  valid {valid:>8s}  {t['status']}")
+    failed = {t["run"]: t["error"] or t["status"] for t in rec["trials"]
+              if t["status"] not in ("complete", "stopped_nan")}
+    if failed:
+        _print_failures(failed)
+        sys.exit(1)
+    chosen = rec["chosen"]
+    if chosen:
+        typer.echo(f"chosen: lr {chosen['lr']:.3e} (trial {chosen['trial']}, "
+                   f"valid NLL {chosen['best_valid_nll']:.4f})")
+    else:
+        typer.echo(f"no usable trial: {rec['status']}")
 
 
 if __name__ == "__main__":

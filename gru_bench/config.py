@@ -1,0 +1,380 @@
+"""Experiment configs: YAML files with `inherit:`, command-line overrides, and strict one-line validation.
+
+A config is checked completely before any data is loaded or any model is built, so a typo costs a second,
+not a night. Every error names the file (or the `--set` override) that set the value, the dotted key and what
+is allowed, e.g. `configs/jsb/gru.yaml: training.lr must be a positive number, got -1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gru_bench import paper
+from gru_bench.data import ROUTES, processed_path
+from gru_bench.data.registry import DATASETS, get_dataset
+from gru_bench.errors import UserError
+from gru_bench.models import FAST_MODES, IMPLS
+from gru_bench.optim import CLIPS
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # the configs shipped with the repository
+DEVICES = ("auto", "cpu", "cuda")
+LR_DECAYS = ("linear", "none")
+
+# A check is (predicate, what is allowed); the type is part of the check so one message covers both.
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+POSITIVE: Check = (lambda v: _num(v) and v > 0, "a positive number")
+NONNEG: Check = (lambda v: _num(v) and v >= 0, "a number >= 0")
+UNIT_OPEN: Check = (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)")
+UNIT_HALF: Check = (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]")
+POS_INT: Check = (lambda v: _int(v) and v >= 1, "an integer >= 1")
+ANY_INT: Check = (_int, "an integer")
+BOOL: Check = (lambda v: isinstance(v, bool), "true or false")
+
+
+def _opt(check: Check) -> Check:
+    return (lambda v: v is None or check[0](v), f"{check[1]} or null")
+
+
+def _one_of(choices: Sequence[str]) -> Check:
+    return (lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _f(default: Any, check: Check) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass
+class DataConfig:
+    route: str = _f("reference", _one_of(ROUTES))  # reference piano rolls, or our MIDI rebuild
+
+
+@dataclass
+class ModelConfig:
+    cell: str = _f("gru", _one_of(paper.CELLS))
+    impl: str = _f("paper", _one_of(IMPLS))
+    hidden: int | None = _f(None, _opt(POS_INT))  # null: Table 1 of the paper
+    param_budget: int | None = _f(None, _opt(POS_INT))  # hidden size with the closest parameter count
+    fast: str = _f("auto", _one_of(FAST_MODES))  # numba CPU kernel: auto (when available), on, off
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = _f(1, ANY_INT)
+    device: str = _f("auto", _one_of(DEVICES))  # auto: cuda when available
+    threads: int | None = _f(1, _opt(POS_INT))  # CPU threads for torch (null: torch's default); see training
+    batch_size: int = _f(1, POS_INT)  # sequences per update (1: the paper, whole sequence per update)
+    eval_batch_size: int = _f(64, POS_INT)  # padded sequences per evaluation batch (speed only)
+    max_epochs: int = _f(500, POS_INT)
+    patience: int | None = _f(20, _opt(POS_INT))  # epochs without a better valid NLL before stopping
+    lr: float = _f(1e-3, POSITIVE)
+    lr_decay: str = _f("linear", _one_of(LR_DECAYS))
+    lr_final: float = _f(0.01, UNIT_HALF)  # linear decay: lr x lr_final at the last epoch
+    momentum: float = _f(0.9, UNIT_OPEN)
+    rms_decay: float = _f(0.95, UNIT_OPEN)
+    rms_eps: float = _f(1e-6, POSITIVE)
+    clip: str = _f("update", _one_of(CLIPS))  # which per-model norm is rescaled to at most clip_norm
+    clip_norm: float = _f(1.0, POSITIVE)
+    weight_noise: float = _f(0.075, NONNEG)  # std of Gaussian noise on the recurrent weights, per update
+    init_scale: float = _f(0.1, POSITIVE)  # uniform(-scale, scale) initialisation
+    init_orthogonal: bool = _f(True, BOOL)  # orthogonal recurrent matrices
+    shuffle: bool = _f(True, BOOL)  # new order of the training sequences every epoch
+
+
+NAME: Check = (
+    lambda v: isinstance(v, str) and re.fullmatch(r"[\w.+-]+", v) is not None,
+    "a name of letters, digits, . _ + -",
+)
+
+
+@dataclass
+class RunConfig:
+    name: str | None = _f(None, _opt(NAME))  # null: seed<seed>, plus -<config hash> when overridden
+    out_dir: str | None = _f(None, _opt((lambda v: isinstance(v, str) and v != "", "a folder path")))
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "run": RunConfig}
+
+# Keys that identify the replicate or the machine, not the experiment: excluded from config_hash.
+NOT_HASHED = {
+    "training.seed",
+    "training.device",
+    "training.threads",
+    "training.eval_batch_size",
+    "model.fast",
+    "run.name",
+    "run.out_dir",
+}
+
+
+@dataclass
+class Config:
+    dataset: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    source: str = ""  # the file it was loaded from (messages only)
+    base_hash: str = ""  # config_hash of the file before overrides (run names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what `config.yaml` of a run holds)."""
+        out: dict[str, Any] = {"dataset": self.dataset}
+        for name in SECTIONS:
+            out[name] = dataclasses.asdict(getattr(self, name))
+        return out
+
+    def get(self, key: str) -> Any:
+        section, _, name = key.partition(".")
+        return getattr(getattr(self, section), name) if name else getattr(self, section)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with dotted keys changed, e.g. `cfg.replace(**{"training.seed": 2})` (validated)."""
+        return _build(
+            _merge(self.to_dict(), _nest(changes)),
+            {k: "replace()" for k in changes},
+            self.source,
+            self.base_hash,
+        )
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: YAML 1.1 reads `1e-3` as a string and `on`/`off`/`yes`/`no` as booleans."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A YAML scalar as typed on the command line (`3e-4` -> float, `null` -> None, `true` -> bool)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    """Merged mapping of `path` and its `inherit:` ancestors, and which file set each dotted key."""
+    if path in chain:
+        raise UserError("inherit cycle: " + " -> ".join(str(p) for p in (*chain, path)))
+    where = f"{chain[-1]}: inherit: {path}" if chain else str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{where} not found") from None
+    except OSError as e:
+        raise UserError(f"{where} cannot be read ({e.strerror})") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{path}: must be a mapping (dataset, data, model, training, run), got {type(raw).__name__}"
+        )
+    merged: dict = {}
+    origin: dict[str, str] = {}
+    parent = raw.pop("inherit", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise UserError(f"{path}: inherit must be a path to a YAML file, got {parent!r}")
+        merged, origin = _read_yaml(
+            (path.parent / parent).resolve() if not Path(parent).is_absolute() else Path(parent),
+            (*chain, path),
+        )
+    merged = _merge(merged, raw)
+    origin.update({k: str(path) for k in _flat_keys(raw)})
+    return merged, origin
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        keys += _flat_keys(v, key + ".") if isinstance(v, dict) and not prefix else [key]
+    return keys
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        if name:
+            out.setdefault(section, {})[name] = value
+        else:
+            out[section] = value
+    return out
+
+
+def _unknown(where: str, key: str, allowed: Sequence[str], scope: str) -> UserError:
+    guess = difflib.get_close_matches(key.rpartition(".")[2], allowed, n=1)
+    hint = f"; did you mean {scope}{guess[0]}?" if guess else ""
+    return UserError(
+        f"{where}: unknown key {key} (allowed{' in ' + scope.rstrip('.') if scope else ''}: "
+        f"{', '.join(allowed)}){hint}"
+    )
+
+
+def _build(raw: dict, origin: dict[str, str], source: str, base_hash: str | None = None) -> Config:
+    """Validate every key and value of a merged mapping and make the Config."""
+    for key in raw:
+        if key != "dataset" and key not in SECTIONS:
+            raise _unknown(origin.get(key, source), key, ["dataset", *SECTIONS], "")
+    if raw.get("dataset") is None:
+        raise UserError(
+            f"{source}: dataset is required (one of {', '.join(DATASETS)}, or a prepared folder name)"
+        )
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{origin.get(name, source)}: {name} must be a mapping of keys, got {values!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            dotted = f"{name}.{key}"
+            if key not in fields:
+                raise _unknown(origin.get(dotted, source), dotted, list(fields), name + ".")
+            ok, allowed = fields[key].metadata["check"]
+            if not ok(value):
+                raise UserError(f"{origin.get(dotted, source)}: {dotted} must be {allowed}, got {value!r}")
+        sections[name] = cls(**values)
+    cfg = Config(
+        dataset=_dataset(raw["dataset"], origin.get("dataset", source), sections["data"].route),
+        **sections,
+        source=source,
+    )
+    if cfg.model.hidden is not None and cfg.model.param_budget is not None:
+        raise UserError(
+            f"{origin.get('model.param_budget', source)}: set model.hidden or model.param_budget, "
+            "not both (the other must be null)"
+        )
+    cfg.base_hash = base_hash or config_hash(cfg)
+    return cfg
+
+
+def _dataset(name: Any, where: str, route: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise UserError(
+            f"{where}: dataset must be one of {', '.join(DATASETS)} or a prepared folder name, got {name!r}"
+        )
+    try:
+        return get_dataset(name).key
+    except UserError:
+        if processed_path(name, route).exists():
+            return name  # a user's prepared MIDI folder
+        raise UserError(
+            f"{where}: dataset must be one of {', '.join(DATASETS)} or a prepared folder name, got {name!r}"
+        ) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training.lr=3e-4` -> ("training.lr", 0.0003)."""
+    key, eq, value = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set training.lr=3e-4")
+    return key, parse_value(value.strip())
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config file, or the shorthand `<dataset>/<cell>` for a config shipped in configs/."""
+    p = Path(path)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    shipped = CONFIGS_DIR / f"{path}.yaml"
+    return shipped if shipped.exists() else p
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (following `inherit:`), apply `KEY=VALUE` overrides and validate everything."""
+    path = resolve_path(path)
+    raw, origin = _read_yaml(path, ())
+    base_hash = None
+    if overrides:
+        try:
+            base_hash = config_hash(_build(raw, origin, str(path)))
+        except UserError:  # the file alone is incomplete; the overrides complete it
+            base_hash = ""
+    for text in overrides:
+        key, value = parse_override(text)
+        section, dot, name = key.partition(".")
+        if section != "dataset" and (not dot or section not in SECTIONS):
+            raise _unknown(f"--set {text}", key, ["dataset", *(f"{s}.*" for s in SECTIONS)], "")
+        raw = _merge(raw, _nest({key: value}))
+        origin[key] = f"--set {text}"
+    return _build(raw, origin, str(path), base_hash)
+
+
+def config_hash(cfg: Config) -> str:
+    """Short hash of the experiment (not the seed, device or run name): the seeds of one setup share it."""
+    flat = {f"{s}.{k}": v for s, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()}
+    flat = {k: v for k, v in flat.items() if k not in NOT_HASHED} | {"dataset": cfg.dataset}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_name(cfg: Config) -> str:
+    """`run.name`, else `seed<seed>` for the config file as written (any seed, device or run options), else
+    `seed<seed>-<config hash>`: overriding e.g. the learning rate never collides with the default run."""
+    if cfg.run.name:
+        return cfg.run.name
+    h = config_hash(cfg)
+    return f"seed{cfg.training.seed}" + (f"-{h}" if h != cfg.base_hash else "")
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML (loads back to an equal Config)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`1,2,3` -> [1, 2, 3] (the --seeds option)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text}: expected comma-separated integers, e.g. --seeds 1,2,3") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text}: expected distinct comma-separated integers, e.g. --seeds 1,2,3")
+    return seeds

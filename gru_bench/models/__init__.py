@@ -1,0 +1,13 @@
+"""Next-frame models (tanh-RNN, LSTM, GRU) as stacks of K independent models; see stacked.py."""
+
+from gru_bench.models.stacked import (
+    CELLS,
+    FAST_MODES,
+    IMPLS,
+    StackedModel,
+    build_model,
+    count_params,
+    hidden_for_budget,
+)
+
+__all__ = ["CELLS", "FAST_MODES", "IMPLS", "StackedModel", "build_model", "count_params", "hidden_for_budget"]

@@ -1,0 +1,427 @@
+"""`gru-bench compare`: every run under results/runs, grouped by settings, set beside the paper's Table 2.
+
+A table cell (dataset x model) averages only finished runs that share one resolved configuration (up to
+seed and bookkeeping keys). Unfinished, diverged and differently-configured runs are listed, never averaged
+in: a mean over mixed settings would look like a result and be none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from gru_bench import figures, paper
+from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
+from gru_bench.data.registry import DATASETS
+from gru_bench.errors import UserError
+from gru_bench.execute import ERROR_FILE
+from gru_bench.fsutil import write_text
+
+RUN_COLUMNS = [
+    "dataset", "cell", "run", "role", "status", "problem", "group", "main", "seed", "lr", "lr_searched",
+    "impl", "hidden", "params", "epochs", "best_epoch", "train_nll", "valid_nll", "test_nll",
+    "baseline_train", "baseline_test", "seconds_per_epoch", "total_seconds", "search", "path", "settings",
+]  # fmt: skip
+SEARCHED_LR = "training.lr"  # an outcome, not a setting, when a learning-rate search chose it
+BASELINE = "bernoulli"  # the `model` name of the independent-Bernoulli reference row
+
+
+@dataclass
+class Report:
+    """Everything `compare` writes, as data (tests and notebooks use it directly)."""
+
+    runs: pd.DataFrame  # one row per run dir (runs.csv)
+    table: pd.DataFrame  # one row per dataset x model of the main groups, plus baseline rows (table2.csv)
+    problems: list[str] = field(default_factory=list)  # runs kept out of the table, and why
+    other_groups: list[str] = field(default_factory=list)  # finished runs with other settings than the cell's
+    searches: list[str] = field(default_factory=list)  # one line per learning-rate search (its trial runs)
+    curves: dict[tuple[str, str], list[pd.DataFrame]] = field(default_factory=dict)  # main-group metrics
+
+
+# --- reading runs ---------------------------------------------------------------------------------------
+
+
+def _read(path: Path, reader) -> tuple[Any, str]:
+    """(content, "") or (None, why) — a broken file is a reported problem, not a crash."""
+    if not path.exists():
+        return None, f"no {path.name}"
+    try:
+        return reader(path), ""
+    except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        return None, f"unreadable {path.name} ({type(e).__name__}: {first})"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def lr_from_search(config: dict, summary: dict | None) -> bool:
+    """True when the run's learning rate was picked by `gru-bench search` (an outcome, not a setting)."""
+    summary = summary or {}
+    return bool(summary.get("lr_searched") or summary.get("search") or config.get("lr_searched"))
+
+
+def settings(config: dict, searched_lr: bool = False) -> dict[str, Any]:
+    """The resolved config minus what may differ between seeds of one experiment (dotted keys, sorted)."""
+    drop = NOT_HASHED | ({SEARCHED_LR} if searched_lr else set())
+    return {k: v for k, v in sorted(_flatten(config).items()) if k not in drop}
+
+
+def group_id(s: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(s, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _problem(
+    run_dir: Path, summary: dict | None, why_summary: str, metrics: pd.DataFrame | None, config: dict | None
+) -> str:
+    """Why a run cannot be averaged into its cell, or "" when it can."""
+    error = run_dir / ERROR_FILE
+    if error.exists() and (summary or {}).get("status") != "complete":
+        last = [line for line in error.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        return f"failed ({ERROR_FILE}: {last[0].strip() if last else 'empty'})"
+    if config is None and summary is None:
+        return "no config.yaml and no summary.json"
+    if summary is None:
+        return why_summary if why_summary.startswith("unreadable") else f"{why_summary}: unfinished or killed"
+    status = summary.get("status")
+    epochs = int(summary.get("epochs") or 0)
+    if status == "stopped_nan":
+        return f"stopped on NaN after {_count(epochs, 'epoch')}"
+    if status == "running":
+        return f"status running: unfinished or killed ({_count(epochs, 'epoch')} done)"
+    if status != "complete":
+        return f"unknown status {status!r} in summary.json"
+    if metrics is None or len(metrics) < epochs:
+        rows = 0 if metrics is None else len(metrics)
+        return f"metrics.csv has {rows} rows, summary.json says {epochs} epochs"
+    if not _finite(summary.get("test_nll")):
+        return "summary.json has no finite test_nll"
+    return ""
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _run_dirs(runs_root: Path) -> list[Path]:
+    marks = ("config.yaml", "summary.json", "metrics.csv", ERROR_FILE)
+    return sorted({p.parent for m in marks for p in runs_root.rglob(m)})
+
+
+def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
+    config, why_config = _read(run_dir / "config.yaml", lambda p: yaml.safe_load(p.read_text()) or {})
+    summary, why_summary = _read(run_dir / "summary.json", lambda p: json.loads(p.read_text()))
+    metrics, _ = _read(run_dir / "metrics.csv", pd.read_csv)
+    config = config if isinstance(config, dict) else None
+    summ = summary if isinstance(summary, dict) else {}
+    flat = _flatten(config or {})
+    searched = lr_from_search(config or {}, summ)
+    trial = summ.get("search_trial") or {}
+    s = settings(config, searched) if config else {}
+    problem = _problem(run_dir, summary, why_summary, metrics, config) or (
+        why_config if config is None else ""
+    )
+    baseline = summ.get("baseline_nll") or {}
+    return {
+        "dataset": summ.get("dataset", flat.get("dataset", rel[0])),
+        "cell": summ.get("cell", flat.get("model.cell", rel[1] if len(rel) > 1 else "?")),
+        "run": "/".join(rel[2:]) or run_dir.name,
+        "role": "search trial" if trial else "run",
+        "status": summ.get("status", "no summary"),
+        "problem": problem,
+        "group": group_id(s) if s else "",
+        "main": False,
+        "seed": summ.get("seed", flat.get("training.seed")),
+        "lr": summ.get("lr", flat.get("training.lr")),
+        "lr_searched": searched,
+        "impl": summ.get("impl", flat.get("model.impl")),
+        "hidden": summ.get("hidden", flat.get("model.hidden")),
+        "params": summ.get("params"),
+        "epochs": summ.get("epochs", 0 if metrics is None else len(metrics)),
+        "best_epoch": summ.get("best_epoch"),
+        "train_nll": summ.get("train_nll"),
+        "valid_nll": summ.get("best_valid_nll"),
+        "test_nll": summ.get("test_nll"),
+        "baseline_train": baseline.get("train"),
+        "baseline_test": baseline.get("test"),
+        "seconds_per_epoch": summ.get("seconds_per_epoch"),
+        "total_seconds": summ.get("total_seconds"),
+        "search": trial.get("name", ""),
+        "path": str(run_dir),
+        "settings": s,
+    }
+
+
+def collect_runs(results_dir: str | Path) -> pd.DataFrame:
+    """One row per run dir under `results_dir/runs`: status, problem ("" if usable), role, settings group.
+
+    The `main` column (in the table or not) is filled by `build_report`, which knows the cell configs.
+    """
+    root = Path(results_dir) / "runs"
+    if not root.is_dir():
+        raise UserError(f"{root} not found: pass the folder that holds runs/ (train and sweep write there)")
+    rows = [_run_row(d, d.relative_to(root).parts) for d in _run_dirs(root)]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+# --- grouping -----------------------------------------------------------------------------------------
+
+
+def _config_settings(configs_dir: Path | None, dataset: str, cell: str) -> dict[str, Any] | None:
+    """Settings of configs/<dataset>/<cell>.yaml, the cell's reference experiment, if that file exists."""
+    path = configs_dir / dataset / f"{cell}.yaml" if configs_dir else None
+    if path is None or not path.exists():
+        return None
+    return settings(load_config(path).to_dict())
+
+
+def _differences(a: dict, b: dict) -> str:
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {b.get(k, '-')} (table: {a.get(k, '-')})" for k in keys)
+
+
+def choose_main_groups(runs: pd.DataFrame, configs_dir: Path | None) -> tuple[dict, list[str]]:
+    """{(dataset, cell): group id} and one line per finished group left out of the table."""
+    main, others = {}, []
+    ok = runs[(runs["problem"] == "") & (runs["role"] == "run")]
+    for (dataset, cell), cell_runs in ok.groupby(["dataset", "cell"], sort=False):
+        sizes = cell_runs.groupby("group").size()
+        by_group = {g: cell_runs[cell_runs["group"] == g]["settings"].iloc[0] for g in sizes.index}
+        wanted = _config_settings(configs_dir, dataset, cell)
+        # lr may be an outcome of a search: compare without it when the cell's runs say so
+        if wanted is not None and cell_runs["lr_searched"].any():
+            wanted.pop(SEARCHED_LR, None)
+        matching = [g for g, s in by_group.items() if s == wanted]
+        chosen = matching[0] if matching else sizes.sort_values(ascending=False, kind="stable").index[0]
+        main[(dataset, cell)] = chosen
+        if wanted is not None and not matching:
+            others.append(
+                f"{dataset}/{cell}: no run matches {configs_dir / dataset / cell}.yaml; the table shows "
+                f"the largest group, {chosen}"
+            )
+        for g, n in sizes.items():
+            if g != chosen:
+                others.append(
+                    f"{dataset}/{cell} group {g} ({_count(n, 'run')}): "
+                    f"{_differences(by_group[chosen], by_group[g])}"
+                )
+    return main, others
+
+
+# --- table ---------------------------------------------------------------------------------------------
+
+
+def _mean_std(x: pd.Series) -> tuple[float, float]:
+    x = pd.to_numeric(x, errors="coerce").dropna()
+    return (float(x.mean()), float(x.std(ddof=1))) if len(x) else (math.nan, math.nan)
+
+
+def build_table(runs: pd.DataFrame, main: dict) -> pd.DataFrame:
+    """Table 2 rows for every dataset with runs (all three models, missing ones with n_runs 0) + baselines."""
+    rows = []
+    found = set(runs["dataset"])
+    in_main = runs[runs["main"]]
+    for dataset in [d for d in DATASETS if d in found] + sorted(found - set(DATASETS)):
+        for cell in paper.CELLS:
+            r = in_main[(in_main["dataset"] == dataset) & (in_main["cell"] == cell)]
+            ref = paper.paper_nll(dataset, cell) or (math.nan, math.nan)
+            train, test = _mean_std(r["train_nll"]), _mean_std(r["test_nll"])
+            lrs = sorted(set(r["lr"].dropna()))
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "model": cell,
+                    "group": main.get((dataset, cell), ""),
+                    "n_runs": len(r),
+                    "lr": lrs[0] if len(lrs) == 1 else math.nan,
+                    "lr_searched": bool(r["lr_searched"].any()),
+                    "train_mean": train[0],
+                    "train_std": train[1],
+                    "valid_mean": _mean_std(r["valid_nll"])[0],
+                    "test_mean": test[0],
+                    "test_std": test[1],
+                    "paper_train": ref[0],
+                    "paper_test": ref[1],
+                    "diff_train": train[0] - ref[0],
+                    "diff_test": test[0] - ref[1],
+                    "seconds_per_epoch": _mean_std(r["seconds_per_epoch"])[0],
+                    "seconds_per_epoch_std": _mean_std(r["seconds_per_epoch"])[1],
+                    "best": False,
+                }
+            )
+        ours = [row for row in rows if row["dataset"] == dataset and row["n_runs"]]
+        if ours:
+            min(ours, key=lambda row: row["test_mean"])["best"] = True
+        base = in_main[in_main["dataset"] == dataset]
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": BASELINE,
+                "n_runs": 0,
+                "best": False,
+                "train_mean": _mean_std(base["baseline_train"])[0],
+                "test_mean": _mean_std(base["baseline_test"])[0],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def find_problems(runs: pd.DataFrame, main: dict) -> list[str]:
+    """Unusable runs (search trials aside), and cells of datasets with runs that have no usable run."""
+    bad = runs[(runs["problem"] != "") & (runs["role"] == "run")]
+    out = [f"{r.dataset}/{r.cell}/{r.run}: {r.problem}" for r in bad.itertuples()]
+    seen = [d for d in DATASETS if d in set(runs["dataset"])]
+    out += [
+        f"{d}/{c}: no finished run (missing cell)" for d in seen for c in paper.CELLS if (d, c) not in main
+    ]
+    unseen = [d for d in DATASETS if d not in seen]
+    if unseen:
+        out.append(f"no runs at all for: {', '.join(unseen)}")
+    return out
+
+
+def summarize_searches(runs: pd.DataFrame) -> list[str]:
+    """One line per learning-rate search: its trials are runs too, but only their winner's lr matters here."""
+    out = []
+    trials = runs[runs["role"] == "search trial"]
+    for (dataset, cell, name), t in trials.groupby(["dataset", "cell", "search"], sort=False):
+        done = t[t["problem"] == ""]
+        diverged = int((t["status"] == "stopped_nan").sum())
+        best = done.loc[pd.to_numeric(done["valid_nll"]).idxmin()] if len(done) else None
+        lrs = pd.to_numeric(t["lr"], errors="coerce")
+        line = (
+            f"{dataset}/{cell} search '{name}': {_count(len(t), 'trial')} ({len(done)} finished, "
+            f"{diverged} diverged, {len(t) - len(done) - diverged} other), "
+            f"lr {lrs.min():.3g} to {lrs.max():.3g}"
+        )
+        if best is not None:
+            line += f"; lowest valid NLL {best['valid_nll']:.3f} at lr {best['lr']:.3g}"
+        out.append(line)
+    return out
+
+
+def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFIGS_DIR) -> Report:
+    """Read, group and tabulate every run (no files written). configs_dir None: each cell's largest group."""
+    runs = collect_runs(results_dir)
+    if runs.empty:
+        raise UserError(f"no runs under {Path(results_dir) / 'runs'}: train first (gru-bench train or sweep)")
+    main, others = choose_main_groups(runs, Path(configs_dir) if configs_dir else None)
+    runs["main"] = [
+        main.get((d, c)) == g and p == "" and role == "run"
+        for d, c, g, p, role in runs[["dataset", "cell", "group", "problem", "role"]].itertuples(index=False)
+    ]
+    curves = {}
+    for r in runs[runs["main"]].itertuples():
+        metrics = pd.read_csv(Path(r.path) / "metrics.csv")
+        curves.setdefault((r.dataset, r.cell), []).append(metrics)
+    return Report(
+        runs=runs,
+        table=build_table(runs, main),
+        problems=find_problems(runs, main),
+        other_groups=others,
+        searches=summarize_searches(runs),
+        curves=curves,
+    )
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+
+def _fmt(mean: float, std: float = math.nan, digits: int = 2) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.2f}" if math.isfinite(x) else "—"
+
+
+def to_markdown(report: Report, results_dir: Path) -> str:
+    """table2.md: the table, then what was left out of it and why."""
+    lines = [
+        "# Table 2: negative log-likelihood per frame (nats)",
+        "",
+        f"Runs under `{results_dir}/runs`. Ours: mean ± std over seeds of the best-validation model; "
+        f"paper: {paper.CITATION}, Table 2. Δ = ours − paper. **Bold**: lowest mean test NLL of the dataset. "
+        f"`{BASELINE}`: independent notes at their training frequencies (the bar any model must clear).",
+        "",
+        "| dataset | model | runs | lr | train | paper | Δ | test | paper | Δ |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in report.table.to_dict("records"):
+        if r["model"] == BASELINE:
+            lines.append(
+                f"| {r['dataset']} | *{BASELINE}* | | | {_fmt(r['train_mean'])} | | | "
+                f"{_fmt(r['test_mean'])} | | |"
+            )
+            continue
+        lr = "—" if not math.isfinite(r["lr"]) else f"{r['lr']:.3g}" + (" (search)" * r["lr_searched"])
+        test = _fmt(r["test_mean"], r["test_std"])
+        model, test = (f"**{r['model']}**", f"**{test}**") if r["best"] else (r["model"], test)
+        lines.append(
+            f"| {r['dataset']} | {model} | {r['n_runs']} | {lr} "
+            f"| {_fmt(r['train_mean'], r['train_std'])} | {_fmt(r['paper_train'])} "
+            f"| {_signed(r['diff_train'])} | {test} | {_fmt(r['paper_test'])} | {_signed(r['diff_test'])} |"
+        )
+    table = report.table
+    base = table[table["model"] == BASELINE].set_index("dataset")["test_mean"]
+    ours = table[(table["model"] != BASELINE) & (table["n_runs"] > 0)]
+    worse = [
+        f"{r.dataset}/{r.model}" for r in ours.itertuples() if r.test_mean >= base.get(r.dataset, math.inf)
+    ]
+    if worse:
+        lines += ["", f"**Worse than the Bernoulli baseline** (undertrained or broken): {', '.join(worse)}"]
+    lines += ["", "## Left out of the table", ""]
+    lines += [f"- {p}" for p in report.problems] or ["- nothing: every run found is finished and tabulated"]
+    lines += ["", "## Finished runs with other settings (not averaged into the table)", ""]
+    lines += [f"- {g}" for g in report.other_groups] or ["- none"]
+    if report.searches:
+        lines += ["", "## Learning-rate searches (trial runs, not in the table)", ""]
+        lines += [f"- {s}" for s in report.searches]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `table2.csv`: this table at full precision; `runs.csv`: every run, its status, problem, group",
+    ]
+    if (table["n_runs"] > 0).any():
+        lines += [
+            "- `curves_<dataset>.png/.svg`: train and valid NLL vs epochs and vs wall-clock seconds",
+            "- `test_nll.png/.svg`: test NLL per model (error bars: std over seeds; x: paper)",
+            "- `epoch_time.png/.svg`: wall-clock seconds per epoch",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def compare(
+    results_dir: str | Path = "results",
+    out_dir: str | Path | None = None,
+    configs_dir: str | Path | None = CONFIGS_DIR,
+) -> Path:
+    """Write table2.md/.csv, runs.csv and the figures into `out_dir` (default results_dir/report)."""
+    results_dir = Path(results_dir)
+    out = Path(out_dir) if out_dir is not None else results_dir / "report"
+    report = build_report(results_dir, configs_dir)
+    write_text(out / "runs.csv", report.runs.drop(columns="settings").to_csv(index=False))
+    write_text(out / "table2.csv", report.table.to_csv(index=False))
+    write_text(out / "table2.md", to_markdown(report, results_dir))
+    figures.write_all(report, out)
+    return out

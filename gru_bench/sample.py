@@ -1,0 +1,170 @@
+"""`gru-bench sample`: let a trained model compose, frame by frame, and write the piece as MIDI + piano roll.
+
+Each frame's 88 notes are drawn as independent Bernoulli variables with p = sigmoid(logit / temperature),
+the same conditional model the NLL in Table 2 scores; listening to it is a sanity check no number gives.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import torch
+
+from gru_bench import data
+from gru_bench.config import Config, load_config
+from gru_bench.data.registry import DATASETS, LOWEST_PITCH, N_NOTES
+from gru_bench.errors import UserError
+from gru_bench.fsutil import atomic_write
+from gru_bench.models import StackedModel, build_model
+
+# Seconds per piano-roll frame at 120 bpm: quarter notes for JSB, eighth notes for the others.
+SECONDS_PER_FRAME = {"quarter120": 0.5, "eighth": 0.25}
+
+
+def generate(
+    model: torch.nn.Module,
+    steps: int,
+    temperature: float = 1.0,
+    primer: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Bool roll (len(primer) + steps, 88): the primer, then `steps` sampled frames.
+
+    temperature 0 takes the most likely value of every note (deterministic). Without a primer the model is
+    started from one silent frame, which is not part of the result.
+    """
+    if temperature < 0:
+        raise UserError(
+            f"temperature {temperature} is negative: use 0 (likeliest notes) or more (1: the model)"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    start = primer if primer is not None and len(primer) else np.zeros((1, N_NOTES), bool)
+    frames = torch.zeros(len(start) + steps, N_NOTES)
+    frames[: len(start)] = torch.as_tensor(start, dtype=torch.float32)
+    t = len(start)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(steps):
+            # the models keep no state between calls, so each step re-reads the whole prefix
+            logits = model(frames[:t].reshape(1, 1, t, N_NOTES))[0, 0, -1].float()
+            if temperature == 0:
+                frames[t] = (logits > 0).float()
+            else:
+                frames[t] = torch.bernoulli(torch.sigmoid(logits / temperature), generator=gen)
+            t += 1
+    out = frames.numpy().astype(bool)
+    return out if primer is not None and len(primer) else out[1:]
+
+
+def pick_primer(rolls: data.PianoRolls, frames: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """The first `frames` frames of a test sequence chosen with `seed` among those long enough."""
+    long = [i for i, s in enumerate(rolls.splits["test"]) if len(s) >= frames]
+    if not long:
+        raise UserError(f"--primer {frames}: no test sequence has that many frames; use fewer")
+    i = int(np.random.default_rng(seed).choice(long))
+    name = rolls.names.get("test", [])[i] if rolls.names.get("test") else str(i)
+    return rolls.splits["test"][i][:frames], name
+
+
+def roll_to_midi(roll: np.ndarray, seconds_per_frame: float, velocity: int = 80) -> pretty_midi.PrettyMIDI:
+    """One piano; consecutive active frames of a pitch become one held note (pitch = 21 + column)."""
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    piano = pretty_midi.Instrument(program=0, name="piano")
+    edges = np.diff(np.pad(roll.astype(np.int8), ((1, 1), (0, 0))), axis=0)  # +1 onset, -1 offset
+    for col in range(roll.shape[1]):
+        onsets, offsets = np.flatnonzero(edges[:, col] == 1), np.flatnonzero(edges[:, col] == -1)
+        for a, b in zip(onsets, offsets, strict=True):
+            piano.notes.append(
+                pretty_midi.Note(
+                    velocity=velocity,
+                    pitch=LOWEST_PITCH + col,
+                    start=a * seconds_per_frame,
+                    end=b * seconds_per_frame,
+                )
+            )
+    piano.notes.sort(key=lambda n: (n.start, n.pitch))
+    pm.instruments.append(piano)
+    return pm
+
+
+def plot_roll(roll: np.ndarray, path: Path, primer: int = 0, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, len(roll) / 25), 4))
+    ax.imshow(
+        roll.T,
+        aspect="auto",
+        origin="lower",
+        cmap="Greys",
+        interpolation="nearest",
+        extent=(-0.5, len(roll) - 0.5, LOWEST_PITCH - 0.5, LOWEST_PITCH + N_NOTES - 0.5),
+    )
+    if primer:
+        ax.axvline(primer - 0.5, color="tab:red", linewidth=1, label="end of primer")
+        ax.legend(loc="upper right", fontsize="small")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title(title)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def frame_rule(dataset: str, rolls: data.PianoRolls | None = None) -> str:
+    """The registry's rule for the four datasets; a user folder's prepared meta says its own."""
+    if dataset in DATASETS:
+        return DATASETS[dataset].frame_rule
+    return (rolls.meta if rolls is not None else {}).get("frame_rule", "eighth")
+
+
+def load_model(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Config]:
+    """The run's model (K=1, eval mode, CPU) from `best.pt` or `last.pt`, and its resolved config."""
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise UserError(f"--which must be best or last, got {which!r}")
+    cfg = load_config(run_dir / "config.yaml")
+    path = run_dir / f"{which}.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        hidden = json.loads((run_dir / "summary.json").read_text())["hidden"]  # resolved (Table 1, budget)
+    except FileNotFoundError as e:
+        raise UserError(f"{e.filename} not found: {run_dir} is not a trained run (train it first)") from None
+    except (KeyError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path} is not a gru-bench checkpoint ({type(e).__name__}: {e})") from None
+    model = build_model(cfg.model.cell, cfg.model.impl, hidden, k=1, fast=cfg.model.fast)
+    model.load_state_dict(state)
+    return model.eval(), cfg
+
+
+def sample(
+    run_dir: str | Path,
+    steps: int = 200,
+    out: str | Path = "sample.mid",
+    temperature: float = 1.0,
+    primer: int = 0,
+    seed: int = 0,
+    which: str = "best",
+) -> Path:
+    """Sample a piece from the run's model into `out` (MIDI) and `out` with suffix .png (piano roll)."""
+    if steps < 1 or primer < 0:
+        raise UserError(f"--steps {steps} / --primer {primer}: steps must be >= 1 and primer >= 0")
+    model, cfg = load_model(run_dir, which)
+    rolls = data.load(cfg.dataset, cfg.data.route) if primer or cfg.dataset not in DATASETS else None
+    start, source = pick_primer(rolls, primer, seed) if primer else (None, "")
+    roll = generate(model, steps, temperature, start, seed)
+    out = Path(out)
+    pm = roll_to_midi(roll, SECONDS_PER_FRAME[frame_rule(cfg.dataset, rolls)])
+    with atomic_write(out) as f:
+        pm.write(f)
+    title = f"{cfg.dataset} {cfg.model.cell}, T={temperature:g}, seed {seed}" + (
+        f", primer: {source}" * bool(primer)
+    )
+    plot_roll(roll, out.with_suffix(".png"), primer, title)
+    return out

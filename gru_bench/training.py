@@ -1,0 +1,660 @@
+"""Training and evaluation: next-frame NLL, RMSProp + weight noise, early stopping, resumable run dirs.
+
+One code path: `train(cfg)` is `train_lockstep([cfg])`. K configs that differ only in per-model scalars
+(seed, learning rate, weight noise, ...) train as ONE stacked model; every model keeps its own data order,
+RNG streams, optimizer state, early stopping and run dir, written exactly as if it had been trained alone.
+
+Determinism: model k draws its initial weights, its weight noise and its data order from three CPU
+generators seeded from its own seed only, and all of its arithmetic runs on its own slice of the stack
+(losses and norms slice by slice, updates elementwise), so a seed gives the same run alone or in a stack.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch import Tensor
+
+import gru_bench
+from gru_bench import data as datasets
+from gru_bench.config import Config, config_hash, dump, load_config, run_name
+from gru_bench.data.registry import N_NOTES
+from gru_bench.data.stats import bernoulli_baseline
+from gru_bench.errors import UserError
+from gru_bench.fsutil import atomic_write, write_json, write_text
+from gru_bench.models import StackedModel, build_model, hidden_for_budget
+from gru_bench.optim import StackedRMSProp
+from gru_bench.paths import results_dir
+
+METRICS = ("epoch", "updates", "seconds", "lr", "train_nll", "valid_nll", "grad_norm")
+# Fields that may differ between the models of one lockstep stack (everything else defines the stack).
+PER_MODEL = {
+    "training.seed",
+    "training.lr",
+    "training.lr_decay",
+    "training.lr_final",
+    "training.momentum",
+    "training.rms_decay",
+    "training.rms_eps",
+    "training.clip_norm",
+    "training.weight_noise",
+    "training.max_epochs",
+    "training.patience",
+    "training.shuffle",
+    "run.name",
+    "run.out_dir",
+}
+STREAMS = ("init", "noise", "shuffle")
+
+
+# --- the loss ---------------------------------------------------------------------------------------------
+
+
+def masked_nll(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per model: (sum over unmasked frames of the frame NLL, number of unmasked frames), each (K,).
+
+    Frame NLL = -sum over the 88 notes of [y log p + (1 - y) log(1 - p)], p = sigmoid(logit), in nats.
+    logits, targets (K, B, T, 88); mask (K, B, T) bool. Model k is scored on its own slice, cut to its last
+    unmasked step, so padding added for the other models of a stack never touches its arithmetic.
+    """
+    sums, counts = [], []
+    for k in range(logits.shape[0]):
+        steps = mask[k].any(0).nonzero()
+        t = int(steps[-1]) + 1 if len(steps) else 0
+        # contiguous copies: torch's vectorised log/exp round differently from its scalar tail loop, so the
+        # same frame must sit at the same place in memory as when model k trains alone
+        lg, y, m = (a[k, :, :t].contiguous() for a in (logits, targets, mask))
+        nll = F.binary_cross_entropy_with_logits(lg, y, reduction="none").sum(-1)
+        sums.append(torch.where(m, nll, torch.zeros_like(nll)).sum())
+        counts.append(m.sum())
+    return torch.stack(sums), torch.stack(counts)
+
+
+def pad(seqs: list[list[Tensor] | None], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per model a batch of (T_i, 88) sequences (None: a stopped model) -> x (K, B, T, 88) zero-padded to the
+    longest sequence of all, and mask (K, B, T - 1) of the predicted frames (frame t + 1 exists)."""
+    b = max(len(s) for s in seqs if s is not None)
+    t = max(len(x) for s in seqs if s is not None for x in s)
+    x = torch.zeros(len(seqs), b, t, N_NOTES)
+    mask = torch.zeros(len(seqs), b, t - 1, dtype=torch.bool)
+    for k, batch in enumerate(seqs):
+        for i, s in enumerate(batch or ()):
+            x[k, i, : len(s)] = s
+            mask[k, i, : len(s) - 1] = True
+    return x.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def split_nll(model: StackedModel, seqs: list[Tensor], batch_size: int, device: torch.device) -> list[float]:
+    """NLL per predicted frame of every model of the stack on `seqs` (frame-weighted average, nats).
+
+    Sequences are sorted by length and padded in big batches for speed; masking makes the result
+    independent of the batching.
+    """
+    seqs = [x for x in seqs if len(x) > 1]  # a 1-frame sequence predicts nothing
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    total = np.zeros(model.k)
+    frames = 0
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch = [seqs[i] for i in order[start : start + batch_size]]
+        x, mask = pad([batch], device)
+        x = x.expand(model.k, -1, -1, -1).contiguous()
+        mask = mask.expand(model.k, -1, -1)
+        s, n = masked_nll(model(x[:, :, :-1]), x[:, :, 1:], mask)
+        total += s.double().cpu().numpy()
+        frames += int(n[0])
+    model.train()
+    return (total / frames).tolist() if frames else [math.nan] * model.k
+
+
+# --- per-model bookkeeping --------------------------------------------------------------------------------
+
+
+def _generators(seed: int) -> dict[str, torch.Generator]:
+    """Independent CPU streams for init, weight noise and data order, all derived from the seed alone."""
+    states = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    return {
+        name: torch.Generator().manual_seed(int(s.generate_state(1, np.uint64)[0] >> 1))
+        for name, s in zip(STREAMS, states, strict=True)
+    }
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Learning rate of an epoch (1-based): linear from lr to lr x lr_final at max_epochs, or constant."""
+    tc = cfg.training
+    if tc.lr_decay == "none" or tc.max_epochs == 1:
+        return tc.lr
+    return tc.lr * (1 - (1 - tc.lr_final) * (epoch - 1) / (tc.max_epochs - 1))
+
+
+@dataclass
+class _Run:
+    """Everything one model of the stack owns; `last.pt` is this plus its weights and optimizer slice."""
+
+    cfg: Config
+    dir: Path
+    gens: dict[str, torch.Generator]
+    epoch: int = 0
+    updates: int = 0
+    seconds: float = 0.0
+    best_valid: float = math.inf
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    status: str = "running"
+    message: str = ""
+    test_nll: float | None = None
+    metrics: list[dict] = field(default_factory=list)
+    grad_sum: float = 0.0  # this epoch's gradient norms (not saved: epochs end with a checkpoint)
+    epoch_updates: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
+    def state(self) -> dict:
+        return {key: getattr(self, key) for key in _SAVED} | {
+            "rng": {n: g.get_state() for n, g in self.gens.items()}
+        }
+
+    def load(self, state: dict) -> None:
+        for key in _SAVED:
+            setattr(self, key, state[key])
+        for name, g in self.gens.items():
+            g.set_state(state["rng"][name])
+
+
+_SAVED = (
+    "epoch",
+    "updates",
+    "seconds",
+    "best_valid",
+    "best_epoch",
+    "bad_epochs",
+    "status",
+    "message",
+    "test_nll",
+    "metrics",
+)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    root = Path(cfg.run.out_dir) if cfg.run.out_dir else results_dir() / "runs"
+    return root / cfg.dataset / cfg.model.cell / run_name(cfg)
+
+
+def _hidden(cfg: Config) -> int | None:
+    m = cfg.model
+    return hidden_for_budget(m.cell, m.impl, m.param_budget) if m.param_budget else m.hidden
+
+
+def _build(cfg: Config, k: int) -> StackedModel:
+    return build_model(cfg.model.cell, cfg.model.impl, _hidden(cfg), k=k, fast=cfg.model.fast)
+
+
+def _device(cfg: Config) -> torch.device:
+    want = cfg.training.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{cfg.source}: training.device is cuda but torch sees no GPU; use auto or cpu")
+    return torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def _model_state(model: StackedModel, i: int) -> dict[str, Tensor]:
+    """Model i of the stack as the state dict of a K=1 model."""
+    return {name: p[i : i + 1].detach().cpu().clone() for name, p in model.state_dict().items()}
+
+
+@torch.no_grad()
+def _load_model_state(model: StackedModel, i: int, state: dict[str, Tensor]) -> None:
+    for name, p in model.state_dict().items():
+        p[i].copy_(state[name][0])
+
+
+def _save(path: Path, obj: dict) -> None:
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"{path} is not a gru-bench checkpoint ({type(e).__name__}: {e})") from None
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def _check_stack(cfgs: list[Config]) -> None:
+    def shared(c: Config) -> dict:
+        d = c.to_dict()
+        return {
+            f"{s}.{k}": v
+            for s, sec in d.items()
+            if isinstance(sec, dict)
+            for k, v in sec.items()
+            if f"{s}.{k}" not in PER_MODEL
+        } | {"dataset": c.dataset}
+
+    ref = shared(cfgs[0])
+    for c in cfgs[1:]:
+        diff = sorted(k for k, v in shared(c).items() if ref.get(k) != v)
+        if diff:
+            raise UserError(
+                f"lockstep: {c.source} differs from {cfgs[0].source} in {', '.join(diff)}; "
+                f"only {', '.join(sorted(PER_MODEL))} may differ within a stack"
+            )
+
+
+def _prepare_dir(run: _Run, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None: start fresh); refuses to overwrite existing work."""
+    last, summary = run.dir / "last.pt", run.dir / "summary.json"
+    if resume:
+        if not (run.dir / "config.yaml").exists():
+            return None  # nothing was saved yet: start it
+        saved = load_config(run.dir / "config.yaml")
+        if config_hash(saved) != config_hash(run.cfg) or saved.training.seed != run.cfg.training.seed:
+            raise UserError(
+                f"{run.dir}: the config differs from the one the run started with; resume with "
+                f"'gru-bench train --resume {run.dir}' (it reads {run.dir}/config.yaml)"
+            )
+        return _load(last) if last.exists() else None
+    if last.exists() or summary.exists():
+        status = json.loads(summary.read_text()).get("status") if summary.exists() else "running"
+        if status == "running":
+            raise UserError(
+                f"{run.dir} holds an unfinished run; continue it with 'gru-bench train --resume "
+                f"{run.dir}', or train a new one with another --name"
+            )
+        raise UserError(
+            f"{run.dir} holds a finished run ({status}); never overwritten: train a new one with "
+            "another --name or seed"
+        )
+    return None
+
+
+def _write_outputs(run: _Run, extra: dict) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(run.metrics)
+    write_text(run.dir / "metrics.csv", buf.getvalue())
+    write_json(run.dir / "summary.json", _summary(run, extra))
+
+
+def _summary(run: _Run, extra: dict) -> dict:
+    cfg = run.cfg
+    best = next((m for m in run.metrics if m["epoch"] == run.best_epoch), None)
+    n = len(run.metrics)
+    return {
+        "dataset": cfg.dataset,
+        "cell": cfg.model.cell,
+        "impl": cfg.model.impl,
+        "hidden": extra["hidden"],
+        "params": extra["params"],
+        "seed": cfg.training.seed,
+        "lr": cfg.training.lr,
+        "route": cfg.data.route,
+        "run_name": run.dir.name,
+        "status": run.status,
+        "message": run.message,
+        "epochs": run.epoch,
+        "updates": run.updates,
+        "best_epoch": run.best_epoch,
+        "best_valid_nll": run.best_valid if run.best_epoch else None,
+        "train_nll": best["train_nll"] if best else None,
+        "test_nll": run.test_nll,
+        "baseline_nll": extra["baseline"],
+        "total_seconds": round(run.seconds, 3),
+        "seconds_per_epoch": round(run.seconds / n, 3) if n else None,
+        "config_hash": config_hash(cfg),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "gru_bench": gru_bench.__version__,
+        },
+        "device": extra["device"],
+        "lockstep_k": extra["k"],
+    }
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+    )
+
+
+def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
+    """Train one model (a lockstep stack of one) and return its summary."""
+    return train_lockstep([cfg], [run_dir] if run_dir else None, resume=resume, quiet=quiet)[0]
+
+
+def train_lockstep(
+    cfgs: list[Config], run_dirs: list[Path] | None = None, resume: bool = False, quiet: bool = False
+) -> list[dict]:
+    """Train K models as one stack; each writes its own run dir (see the module docstring). Returns summaries.
+
+    Ctrl-C or a crash loses at most the current epoch: every epoch ends with an atomic checkpoint, and
+    `resume=True` continues every run from it with the same RNG states (a run dir with nothing saved yet
+    starts afresh).
+
+    torch runs on `training.threads` CPU threads (default 1): these models are far too small for intra-op
+    parallelism to pay, and on a busy machine torch's spinning OpenMP threads made an epoch 10x slower.
+    """
+    _check_stack(cfgs)
+    threads = torch.get_num_threads()
+    if cfgs[0].training.threads:
+        torch.set_num_threads(cfgs[0].training.threads)
+    try:
+        return _train_lockstep(cfgs, run_dirs, resume, quiet)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: bool, quiet: bool) -> list[dict]:
+    console = Console(quiet=quiet, soft_wrap=True)
+    dirs = run_dirs or [default_run_dir(c) for c in cfgs]
+    if len(dirs) != len(cfgs) or len({Path(d).resolve() for d in dirs}) != len(dirs):
+        raise UserError(
+            "lockstep: give one distinct run dir per config (two configs resolve to the same run name; "
+            "set different seeds or run.name)"
+        )
+    runs = [_Run(c, Path(d), _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
+    states = [_prepare_dir(r, resume) for r in runs]
+    cfg, k = cfgs[0], len(cfgs)
+    device = _device(cfg)
+
+    rolls = datasets.load(cfg.dataset, cfg.data.route)
+    seqs = {s: [torch.from_numpy(x.astype(np.float32)) for x in rolls.splits[s]] for s in rolls.splits}
+    for split in ("train", "valid"):
+        if not any(len(x) > 1 for x in seqs.get(split, [])):
+            raise UserError(f"dataset {cfg.dataset}: the {split} split has no sequence of 2 or more frames")
+    train_seqs = [x for x in seqs["train"] if len(x) > 1]  # a 1-frame sequence predicts nothing
+    baseline = bernoulli_baseline(rolls)
+
+    model = _build(cfg, k)
+    model.init_weights([r.gens["init"] for r in runs], cfg.training.init_scale, cfg.training.init_orthogonal)
+    model.to(device)
+    tc = [r.cfg.training for r in runs]
+    opt = StackedRMSProp(
+        list(model.parameters()),
+        [t.momentum for t in tc],
+        [t.rms_decay for t in tc],
+        [t.rms_eps for t in tc],
+        cfg.training.clip,
+        [t.clip_norm for t in tc],
+    )
+    for i, (run, state) in enumerate(zip(runs, states, strict=True)):
+        if state is not None:
+            _load_model_state(model, i, state["model"])
+            opt.load_state_of(i, state["optim"])
+            run.load(state["run"])
+    extra = {
+        "hidden": model.hidden,
+        "params": model.num_params(),
+        "baseline": baseline,
+        "device": str(device),
+        "k": k,
+    }
+    for run in (r for r in runs if r.active):
+        write_text(run.dir / "config.yaml", dump(run.cfg))
+        _write_outputs(run, extra)
+    if not any(r.active for r in runs):
+        console.print("already finished: " + ", ".join(f"{r.dir} ({r.status})" for r in runs))
+        return [_summary(r, extra) for r in runs]
+    console.print(
+        f"{cfg.dataset} {cfg.model.cell} ({cfg.model.impl}, hidden {model.hidden}): "
+        f"{extra['params']} parameters per model, {k} model(s) on {device}; baseline valid NLL "
+        f"{baseline['valid']:.3f}"
+    )
+    for run in runs:
+        console.print(f"  -> {run.dir}" + (f" (resuming after epoch {run.epoch})" if run.epoch else ""))
+
+    n_batches = math.ceil(len(train_seqs) / cfg.training.batch_size)
+    try:
+        with _progress(console, quiet) as progress:
+            max_epochs = max(t.max_epochs for t in tc)
+            ep_task = progress.add_task("epochs", total=max_epochs, completed=min(r.epoch for r in runs))
+            up_task = progress.add_task("updates", total=n_batches)
+            while any(r.active for r in runs):
+                t0 = time.perf_counter()
+                trained = [r.active for r in runs]
+                batches = [_start_epoch(r, len(train_seqs)) if r.active else None for r in runs]
+                progress.update(up_task, completed=0)
+                for u in range(n_batches):
+                    if not any(r.active for r in runs):
+                        break
+                    seqs_u = [
+                        [train_seqs[j] for j in b[u]] if b and r.active else None
+                        for b, r in zip(batches, runs, strict=True)
+                    ]
+                    _update(model, opt, runs, seqs_u, device, console)
+                    progress.advance(up_task)
+                _end_epoch(model, opt, runs, trained, seqs, device, time.perf_counter() - t0, extra, console)
+                done = min(max(r.epoch for r in runs), max_epochs)
+                progress.update(ep_task, completed=done, description=_describe(runs))
+    except KeyboardInterrupt:
+        for run in runs:
+            if run.active:
+                console.print(f"[yellow]interrupted: continue with 'gru-bench train --resume {run.dir}'")
+        raise
+    return [_summary(r, extra) for r in runs]
+
+
+def _start_epoch(run: _Run, n: int) -> list[list[int]]:
+    """Advance a run to its next epoch; its batches of training-sequence indices, in its own order."""
+    run.epoch += 1
+    run.grad_sum, run.epoch_updates = 0.0, 0
+    shuffle = run.cfg.training.shuffle
+    order = torch.randperm(n, generator=run.gens["shuffle"]).tolist() if shuffle else list(range(n))
+    bs = run.cfg.training.batch_size
+    return [order[j : j + bs] for j in range(0, n, bs)]
+
+
+def _update(
+    model: StackedModel,
+    opt: StackedRMSProp,
+    runs: list[_Run],
+    batch: list[list[Tensor] | None],
+    device: torch.device,
+    console: Console,
+) -> None:
+    """One update of every active model: loss and gradient at noisy recurrent weights, step from the clean
+    ones. A model whose loss or gradient is not finite stops (`stopped_nan`) without taking the step."""
+    active = [r.active for r in runs]
+    x, mask = pad(batch, device)
+    recurrent = model.recurrent_weights()
+    clean = _add_noise(recurrent, runs, [r.cfg.training.weight_noise for r in runs], device)
+    sums, counts = masked_nll(model(x[:, :, :-1]), x[:, :, 1:], mask)
+    losses = sums / counts.clamp(min=1)
+    model.zero_grad(set_to_none=False)
+    losses[torch.tensor(active, device=device)].sum().backward()
+    with torch.no_grad():
+        for w, c in zip(recurrent, clean, strict=True):
+            w.copy_(c)
+    gnorm = opt.grad_norms()
+    finite = (torch.isfinite(losses) & torch.isfinite(gnorm)).tolist()
+    for i, run in enumerate(runs):
+        if active[i] and not finite[i]:
+            run.status, active[i] = "stopped_nan", False
+            run.message = (
+                f"non-finite loss or gradient in epoch {run.epoch}, update {run.epoch_updates + 1}; "
+                f"kept the best model (epoch {run.best_epoch})"
+            )
+            console.print(f"[red]{run.dir}: {run.message}")
+    opt.step([lr_at(r.cfg, r.epoch) for r in runs], active, gnorm)
+    for run, a, g in zip(runs, active, gnorm.tolist(), strict=True):
+        if a:
+            run.updates += 1
+            run.epoch_updates += 1
+            run.grad_sum += g
+
+
+def _describe(runs: list[_Run]) -> str:
+    best = min(runs, key=lambda r: r.best_valid)
+    last = best.metrics[-1] if best.metrics else None
+    tail = f" train {last['train_nll']:.3f} valid {last['valid_nll']:.3f}" if last else ""
+    return f"epoch {best.epoch}{tail} best {best.best_valid:.3f}@{best.best_epoch}"
+
+
+def _add_noise(
+    recurrent: list[Tensor], runs: list[_Run], std: list[float], device: torch.device
+) -> list[Tensor]:
+    """Add each active model's weight noise (from its own stream) to the recurrent weights; return the clean
+    weights to restore after the backward pass (the update is applied to the clean weights)."""
+    clean = [w.detach().clone() for w in recurrent]
+    with torch.no_grad():
+        for w in recurrent:
+            noise = torch.zeros(w.shape)
+            for i, run in enumerate(runs):
+                if run.active and std[i] > 0:
+                    noise[i] = torch.randn(w.shape[1:], generator=run.gens["noise"]) * std[i]
+            w.add_(noise.to(device))
+    return clean
+
+
+def _end_epoch(
+    model: StackedModel,
+    opt: StackedRMSProp,
+    runs: list[_Run],
+    trained: list[bool],
+    seqs: dict[str, list[Tensor]],
+    device: torch.device,
+    seconds: float,
+    extra: dict,
+    console: Console,
+) -> None:
+    """Evaluate, record, early-stop and checkpoint every model that trained this epoch."""
+    if any(r.active for r in runs):
+        batch = runs[0].cfg.training.eval_batch_size
+        train_nll = split_nll(model, seqs["train"], batch, device)
+        valid_nll = split_nll(model, seqs["valid"], batch, device)
+    for i, run in enumerate(runs):
+        if not trained[i]:
+            continue
+        run.seconds += seconds
+        if run.active:  # did not diverge during the epoch
+            row = {
+                "epoch": run.epoch,
+                "updates": run.updates,
+                "seconds": round(run.seconds, 3),
+                "lr": lr_at(run.cfg, run.epoch),
+                "train_nll": train_nll[i],
+                "valid_nll": valid_nll[i],
+                "grad_norm": run.grad_sum / max(run.epoch_updates, 1),
+            }
+            run.metrics.append(row)
+            tc = run.cfg.training
+            if not math.isfinite(valid_nll[i]):
+                run.status = "stopped_nan"
+                run.message = f"non-finite valid NLL in epoch {run.epoch}; kept the best model"
+            elif valid_nll[i] < run.best_valid:
+                run.best_valid, run.best_epoch, run.bad_epochs = valid_nll[i], run.epoch, 0
+                _save(
+                    run.dir / "best.pt",
+                    {"model": _model_state(model, i), "epoch": run.epoch, "valid_nll": valid_nll[i]},
+                )
+            else:
+                run.bad_epochs += 1
+            if run.active and run.epoch >= tc.max_epochs:
+                run.status, run.message = "complete", "reached max_epochs"
+            elif run.active and tc.patience and run.bad_epochs >= tc.patience:
+                run.status, run.message = (
+                    "complete",
+                    f"early stop: no better valid NLL for {tc.patience} epochs",
+                )
+            console.print(
+                f"{run.dir.name}  epoch {run.epoch:3d}  lr {row['lr']:.2e}  train {train_nll[i]:.3f}  "
+                f"valid {valid_nll[i]:.3f}  best {run.best_valid:.3f}@{run.best_epoch}  {seconds:.1f}s"
+            )
+        if not run.active:
+            run.test_nll = _best_nll(run, seqs, "test", device)
+            console.print(
+                f"{run.dir.name}: {run.status} ({run.message}); best valid {run.best_valid:.3f} "
+                f"@ epoch {run.best_epoch}, test {run.test_nll}"
+            )
+        _save(
+            run.dir / "last.pt",
+            {"model": _model_state(model, i), "optim": opt.state_of(i), "run": run.state()},
+        )
+        _write_outputs(run, extra)
+
+
+def _best_nll(run: _Run, seqs: dict[str, list[Tensor]], split: str, device: torch.device) -> float | None:
+    """NLL of the run's best model on a split, computed by a model of its own (as if it had trained alone)."""
+    if run.best_epoch is None or split not in seqs:
+        return None
+    model = _build(run.cfg, 1)
+    model.load_state_dict(_load(run.dir / "best.pt")["model"])
+    return split_nll(model.to(device), seqs[split], run.cfg.training.eval_batch_size, device)[0]
+
+
+def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> float:
+    """Recompute the NLL per frame of a saved model (`best.pt` or `last.pt`) on a split."""
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise UserError(f"--which must be best or last, got {which!r}")
+    cfg = load_config(run_dir / "config.yaml")
+    rolls = datasets.load(cfg.dataset, cfg.data.route)
+    if split not in rolls.splits:
+        raise UserError(f"split must be one of {', '.join(rolls.splits)}, got {split!r}")
+    device = _device(cfg)
+    model = _build(cfg, 1)
+    model.load_state_dict(_load(run_dir / f"{which}.pt")["model"])
+    seqs = [torch.from_numpy(x.astype(np.float32)) for x in rolls.splits[split]]
+    return split_nll(model.to(device), seqs, cfg.training.eval_batch_size, device)[0]
+
+
+def train_command(
+    config: str | Path | None,
+    overrides: list[str] = (),
+    seeds: list[int] | None = None,
+    resume: list[Path] = (),
+    quiet: bool = False,
+) -> list[dict]:
+    """`gru-bench train`: one config (several `seeds` train in lockstep), or `resume` run dirs (one stack)."""
+    if resume:
+        if config is not None or overrides or seeds:
+            raise UserError(
+                "--resume continues a run with the config saved in its folder; give no CONFIG, "
+                "--set or other options with it"
+            )
+        cfgs = [load_config(Path(d) / "config.yaml") for d in resume]
+        return train_lockstep(cfgs, [Path(d) for d in resume], resume=True, quiet=quiet)
+    if config is None:
+        raise UserError("give a CONFIG (e.g. configs/jsb/gru.yaml or jsb/gru) or --resume RUN_DIR")
+    cfg = load_config(config, overrides)
+    if not seeds:
+        return [train(cfg, quiet=quiet)]
+    if cfg.run.name and len(seeds) > 1:
+        raise UserError("--name names one run; with several --seeds leave it out (runs are named seed<seed>)")
+    return train_lockstep([cfg.replace(**{"training.seed": s}) for s in seeds], quiet=quiet)

@@ -1,0 +1,164 @@
+"""Configs: inheritance, overrides, YAML 1.2 scalars, run names, and one-line errors for every bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from gru_bench.config import (
+    CONFIGS_DIR,
+    SECTIONS,
+    Config,
+    config_hash,
+    dump,
+    load_config,
+    parse_seeds,
+    parse_value,
+    run_name,
+)
+from gru_bench.data.registry import DATASETS
+from gru_bench.errors import UserError
+from gru_bench.paper import CELLS
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def cfg_file(tmp_path: Path) -> Path:
+    """A config inheriting the shipped defaults, as a user would write one."""
+    return _write(
+        tmp_path / "my.yaml", f"inherit: {CONFIGS_DIR / 'defaults.yaml'}\ndataset: jsb\nmodel:\n  cell: gru\n"
+    )
+
+
+def _error(path, overrides=()) -> str:
+    with pytest.raises(UserError) as e:
+        load_config(path, overrides)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_defaults_yaml_matches_dataclass_defaults():
+    # the dataclasses and configs/defaults.yaml both state the defaults: they must agree
+    cfg = load_config(CONFIGS_DIR / "jsb" / "gru.yaml")
+    assert cfg.to_dict() == Config(dataset="jsb").to_dict()
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+@pytest.mark.parametrize("cell", CELLS)
+def test_shipped_configs_load(dataset: str, cell: str):
+    cfg = load_config(f"{dataset}/{cell}")  # the <dataset>/<cell> shorthand
+    assert (cfg.dataset, cfg.model.cell, cfg.model.impl) == (dataset, cell, "paper")
+    assert run_name(cfg) == "seed1"
+
+
+def test_yaml_12_scalars():
+    assert parse_value("1e-3") == pytest.approx(0.001)
+    assert parse_value("off") == "off" and parse_value("yes") == "yes"
+    assert parse_value("true") is True and parse_value("null") is None and parse_value("3") == 3
+
+
+def test_overrides_are_typed_and_validated(cfg_file: Path):
+    cfg = load_config(
+        cfg_file, ["training.lr=3e-4", "model.fast=off", "training.patience=null", "model.hidden=20"]
+    )
+    assert cfg.training.lr == pytest.approx(3e-4) and cfg.model.fast == "off"
+    assert cfg.training.patience is None and cfg.model.hidden == 20
+
+
+def test_run_name_and_hash(cfg_file: Path):
+    base = load_config(cfg_file)
+    seeded = load_config(cfg_file, ["training.seed=7", "training.device=cpu"])
+    same_lr = load_config(cfg_file, ["training.lr=1e-3"])
+    other = load_config(cfg_file, ["training.lr=3e-4"])
+    assert run_name(base) == "seed1" and run_name(seeded) == "seed7" and run_name(same_lr) == "seed1"
+    assert config_hash(seeded) == config_hash(base) != config_hash(other)
+    assert run_name(other) == f"seed1-{config_hash(other)}"
+    assert run_name(load_config(cfg_file, ["run.name=mine"])) == "mine"
+    assert run_name(other.replace(**{"training.seed": 2})) == f"seed2-{config_hash(other)}"
+
+
+def test_dump_round_trips(tmp_path: Path, cfg_file: Path):
+    cfg = load_config(cfg_file, ["training.lr=3e-4", "model.hidden=12"])
+    again = load_config(_write(tmp_path / "resolved.yaml", dump(cfg)))
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_every_field_has_a_check():
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            ok, allowed = f.metadata["check"]
+            assert ok(f.default), f"{cls.__name__}.{f.name} default fails its own check ({allowed})"
+
+
+def test_bad_value_names_file_key_and_rule(tmp_path: Path, cfg_file: Path):
+    bad = _write(tmp_path / "bad.yaml", f"inherit: {cfg_file}\ntraining:\n  lr: -1\n")
+    assert _error(bad) == f"{bad}: training.lr must be a positive number, got -1"
+
+
+def test_wrong_type(tmp_path: Path, cfg_file: Path):
+    bad = _write(tmp_path / "bad.yaml", f"inherit: {cfg_file}\ntraining:\n  max_epochs: 2.5\n")
+    assert _error(bad) == f"{bad}: training.max_epochs must be an integer >= 1, got 2.5"
+    bad = _write(tmp_path / "bad2.yaml", f"inherit: {cfg_file}\ntraining:\n  init_orthogonal: 'yes'\n")
+    assert "training.init_orthogonal must be true or false" in _error(bad)
+
+
+def test_error_names_the_file_that_set_the_value(tmp_path: Path, cfg_file: Path):
+    parent = _write(tmp_path / "parent.yaml", f"inherit: {cfg_file}\nmodel:\n  impl: turbo\n")
+    child = _write(tmp_path / "child.yaml", "inherit: parent.yaml\n")
+    assert _error(child).startswith(f"{parent.resolve()}: model.impl must be one of paper, fused")
+
+
+def test_unknown_key_suggests(tmp_path: Path, cfg_file: Path):
+    bad = _write(tmp_path / "bad.yaml", f"inherit: {cfg_file}\ntraining:\n  learning_rate: 0.1\n")
+    msg = _error(bad)
+    assert msg.startswith(f"{bad}: unknown key training.learning_rate") and "lr" in msg
+    bad = _write(tmp_path / "bad2.yaml", f"inherit: {cfg_file}\noptim:\n  lr: 0.1\n")
+    assert _error(bad).startswith(f"{bad}: unknown key optim")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.lr", "--set training.lr: expected KEY=VALUE"),
+        ("training.lr=abc", "--set training.lr=abc: training.lr must be a positive number, got 'abc'"),
+        ("training.momentum=1", "--set training.momentum=1: training.momentum must be a number in [0, 1)"),
+        ("trainin.lr=1", "--set trainin.lr=1: unknown key trainin.lr"),
+        ("model.nope=1", "--set model.nope=1: unknown key model.nope"),
+        ("model.hidden=0", "--set model.hidden=0: model.hidden must be an integer >= 1 or null, got 0"),
+        ("dataset=bach", "--set dataset=bach: dataset must be one of jsb"),
+        ("model.param_budget=20000", "set model.hidden or model.param_budget, not both"),
+    ],
+)
+def test_bad_overrides(cfg_file: Path, override: str, expected: str):
+    extra = ["model.hidden=10"] if "param_budget" in override else []
+    assert expected in _error(cfg_file, [*extra, override])
+
+
+def test_inherit_cycle_and_missing_file(tmp_path: Path):
+    a = _write(tmp_path / "a.yaml", "inherit: b.yaml\ndataset: jsb\n")
+    _write(tmp_path / "b.yaml", "inherit: a.yaml\n")
+    assert _error(a).startswith("inherit cycle: ")
+    c = _write(tmp_path / "c.yaml", "inherit: nowhere.yaml\ndataset: jsb\n")
+    assert _error(c) == f"{c}: inherit: {(tmp_path / 'nowhere.yaml').resolve()} not found"
+    assert _error(tmp_path / "missing.yaml") == f"{tmp_path / 'missing.yaml'} not found"
+
+
+def test_malformed_files(tmp_path: Path):
+    assert "invalid YAML at line" in _error(_write(tmp_path / "x.yaml", "dataset: [jsb\n"))
+    assert "must be a mapping" in _error(_write(tmp_path / "y.yaml", "- jsb\n"))
+    assert "dataset is required" in _error(_write(tmp_path / "z.yaml", "model:\n  cell: gru\n"))
+
+
+def test_parse_seeds():
+    assert parse_seeds("1,2, 3") == [1, 2, 3]
+    for bad in ("1,x", "1,1", ","):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)

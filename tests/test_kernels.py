@@ -1,0 +1,152 @@
+"""numba kernels: equal to the pure-torch reference, bit-identical across stack sizes, clean fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gru_bench.errors import UserError
+from gru_bench.models import CELLS, IMPLS, build_model, kernels
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba not importable")
+N_IN = 88
+
+
+def make(cell: str, impl: str, seeds: tuple[int, ...], fast: str = "on", hidden: int = 6):
+    m = build_model(cell, impl, hidden=hidden, k=len(seeds), fast=fast)
+    m.init_weights([torch.Generator().manual_seed(s) for s in seeds], scale=0.5)
+    with torch.no_grad():  # non-zero biases / peepholes, same perturbation for every model
+        for p in m.parameters():
+            noise = torch.randn(p.shape[1:], generator=torch.Generator().manual_seed(7))
+            p.add_(0.2 * noise)
+    return m
+
+
+def inputs(k: int, b: int = 2, t: int = 9, seed: int = 0) -> torch.Tensor:
+    """Sparse and not only 0/1, so the zero-skipping projection is exercised with real values."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(1, b, t, N_IN, generator=g) < 0.3) * torch.rand(1, b, t, N_IN, generator=g) * 2
+    return x.expand(k, -1, -1, -1).contiguous()
+
+
+def loss_and_grads(m, x: torch.Tensor, mask: torch.Tensor | None = None):
+    m.zero_grad()
+    logits = m(x)
+    g = torch.Generator().manual_seed(3)
+    weights = torch.randn(logits.shape[1:], generator=g)  # same for every model of the stack
+    if mask is not None:
+        weights = weights * mask
+    (logits * weights).sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_match_pure_torch(cell, impl):
+    m = make(cell, impl, (0, 1))
+    x = inputs(2)
+    out_fast, grads_fast = loss_and_grads(m, x)
+    m.fast = "off"
+    out_ref, grads_ref = loss_and_grads(m, x)
+    torch.testing.assert_close(out_fast, out_ref, rtol=0, atol=1e-5)
+    for name, g in grads_ref.items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(grads_fast[name], g, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_model_in_stack_of_8_is_bit_identical_to_model_alone(cell, impl):
+    seeds = tuple(range(20, 28))
+    stack, alone = make(cell, impl, seeds), make(cell, impl, (seeds[5],))
+    out_s, grads_s = loss_and_grads(stack, inputs(8))
+    out_a, grads_a = loss_and_grads(alone, inputs(1))
+    assert torch.equal(out_s[5], out_a[0])
+    for name in grads_a:
+        assert torch.equal(grads_s[name][5], grads_a[name][0]), name
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_model_in_a_longer_padded_stack_is_bit_identical_to_model_alone(cell, impl, with_lengths):
+    """Lockstep batches are padded to the longest sequence (and largest batch) of all K models: with a
+    masked loss, model k's outputs and gradients must not change by a single bit, whether the kernels
+    run the padding (no lengths) or skip it (lengths)."""
+    alone, stack = make(cell, impl, (4,)), make(cell, impl, (3, 4, 5))
+    x_alone = inputs(1, b=2, t=6)
+    w_alone = torch.randn(1, 2, 6, N_IN, generator=torch.Generator().manual_seed(1))
+    x, w = inputs(3, b=3, t=9, seed=2), torch.randn(3, 3, 9, N_IN)
+    x[1], w[1] = 0, 0
+    x[1, :2, :6], w[1, :2, :6] = x_alone[0], w_alone[0]
+    lengths = torch.tensor([[9, 9, 9], [6, 6, 0], [9, 2, 5]]) if with_lengths else None
+    results = []
+    for m, xs, ws, ls in ((alone, x_alone, w_alone, None), (stack, x, w, lengths)):
+        logits = m(xs, ls)
+        (logits * ws).sum().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    (out_a, grads_a), (out_s, grads_s) = results
+    assert torch.equal(out_s[1, :2, :6], out_a[0])
+    for name in grads_a:
+        assert torch.equal(grads_s[name][1], grads_a[name][0]), name
+
+
+def test_lengths_skip_the_steps_after_each_end():
+    m = make("gru", "paper", (0, 1))
+    x, lengths = inputs(2, b=2, t=7), torch.tensor([[7, 3], [0, 5]])
+    full, cut = m(x), m(x, lengths)
+    for k in range(2):
+        for s in range(2):
+            n = int(lengths[k, s])
+            assert torch.equal(cut[k, s, :n], full[k, s, :n]) and not cut[k, s, n:].any()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_padding_is_invisible_to_outputs_and_gradients(cell):
+    """Garbage after a sequence's end changes neither its real outputs nor any gradient (masked loss)."""
+    m = make(cell, "paper", (0,))
+    x = inputs(1, b=2, t=10)
+    mask = torch.ones(2, 10, 1)
+    mask[0, 6:] = 0
+    padded = x.clone()
+    padded[:, 0, 6:] = 0
+    garbage = x.clone()
+    garbage[:, 0, 6:] = torch.rand(4, N_IN)
+    out_p, grads_p = loss_and_grads(m, padded, mask)
+    out_g, grads_g = loss_and_grads(m, garbage, mask)
+    assert torch.equal(out_p[:, 0, :6], out_g[:, 0, :6]) and torch.equal(out_p[:, 1], out_g[:, 1])
+    for name in grads_p:
+        assert torch.equal(grads_p[name], grads_g[name]), name
+
+
+def test_fast_mode_selection(monkeypatch):
+    m = make("gru", "paper", (0,), fast="auto")
+    x = inputs(1)
+    assert m.use_kernels(x)
+    assert not m.use_kernels(x.double())  # float64 runs the pure-torch path
+    monkeypatch.setenv("GRU_BENCH_FAST", "0")
+    assert not m.use_kernels(x)
+    monkeypatch.delenv("GRU_BENCH_FAST")
+    m.fast = "off"
+    assert not m.use_kernels(x)
+    m.fast = "on"
+    with pytest.raises(UserError):
+        m.use_kernels(x.double())
+
+
+def test_falls_back_to_pure_torch_without_numba(monkeypatch):
+    m = make("gru", "fused", (0,), fast="auto")
+    x = inputs(1)
+    expected = m(x)
+    monkeypatch.setattr(kernels, "njit", None)
+    assert not m.use_kernels(x)
+    torch.testing.assert_close(m(x), expected, rtol=0, atol=1e-5)
+    m.fast = "on"
+    with pytest.raises(UserError):
+        m(x)
+
+
+def test_kernels_refuse_gradients_for_inputs():
+    m = make("tanh", "paper", (0,))
+    with pytest.raises(ValueError):
+        m(inputs(1).requires_grad_())

@@ -1,0 +1,278 @@
+"""Training: the NLL against a hand computation, masking, the optimizer equations, run dirs, resume,
+lockstep == alone, NaN handling. Tiny random data and models so the whole file runs in seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gru_bench import training
+from gru_bench.config import CONFIGS_DIR, load_config
+from gru_bench.data import PianoRolls, processed_path
+from gru_bench.errors import UserError
+from gru_bench.models import StackedModel, build_model
+from gru_bench.optim import StackedRMSProp
+from gru_bench.training import evaluate, lr_at, masked_nll, split_nll, train, train_lockstep
+
+TINY = ["model.hidden=6", "training.eval_batch_size=5", "training.max_epochs=4", "training.patience=null"]
+
+
+@pytest.fixture
+def tiny_jsb(data_home: Path) -> Path:
+    """A small random 'jsb' (sequences of 2..19 frames) in the isolated data folder."""
+    rng = np.random.default_rng(0)
+
+    def seqs(n: int) -> list[np.ndarray]:
+        return [rng.random((int(rng.integers(2, 20)), 88)) < 0.08 for _ in range(n)]
+
+    rolls = PianoRolls({"train": seqs(10), "valid": seqs(4), "test": seqs(3)}, meta={"dataset": "jsb"})
+    path = processed_path("jsb")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rolls.save(path)
+    return path
+
+
+def _cfg(tmp_path: Path, *overrides: str, cell: str = "gru"):
+    return load_config(
+        CONFIGS_DIR / "jsb" / f"{cell}.yaml", [*TINY, f"run.out_dir={tmp_path / 'runs'}", *overrides]
+    )
+
+
+def _weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / f"{which}.pt", weights_only=True)["model"]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), f"{name} differs by {(wa[name] - wb[name]).abs().max()}"
+
+
+# --- the loss ---------------------------------------------------------------------------------------------
+
+
+def test_masked_nll_matches_hand_computation():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (2, 3, 5, 88)).astype(np.float32)
+    targets = (rng.random((2, 3, 5, 88)) < 0.2).astype(np.float32)
+    mask = np.zeros((2, 3, 5), bool)
+    mask[0, 0, :5], mask[0, 1, :2], mask[1, 0, :3], mask[1, 2, :1] = True, True, True, True
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    frame = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).sum(-1)  # (K, B, T)
+    want = (frame * mask).sum((1, 2))
+    s, n = masked_nll(torch.from_numpy(logits), torch.from_numpy(targets), torch.from_numpy(mask))
+    np.testing.assert_allclose(s.double().numpy(), want, rtol=1e-5)
+    assert n.tolist() == [7, 4]
+
+
+def test_split_nll_does_not_depend_on_padding():
+    rng = np.random.default_rng(2)
+    seqs = [
+        torch.from_numpy((rng.random((int(t), 88)) < 0.1).astype(np.float32)) for t in rng.integers(1, 30, 20)
+    ]
+    model = build_model("lstm", hidden=7, k=2)
+    model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
+    one = split_nll(model, seqs, 1, torch.device("cpu"))
+    padded = split_nll(model, seqs, 16, torch.device("cpu"))
+    np.testing.assert_allclose(one, padded, rtol=1e-6)
+    assert one[0] != one[1]  # two different models
+
+
+# --- optimizer and schedule -------------------------------------------------------------------------------
+
+
+def test_rmsprop_update_equations():
+    """Two steps of the documented update in numpy, with update-norm clipping and a frozen model."""
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    lr, mu, rho, eps, c = (
+        [0.1, 0.5, 0.01],
+        [0.9, 0.5, 0.9],
+        [0.95, 0.9, 0.95],
+        [1e-6, 1e-4, 1e-6],
+        [1.0, 0.3, 1.0],
+    )
+    opt = StackedRMSProp([p], mu, rho, eps, "update", c)
+    w, n, v = w0.astype(np.float64), np.zeros_like(w0, np.float64), np.zeros_like(w0, np.float64)
+    for _ in range(2):
+        g = rng.normal(size=w0.shape).astype(np.float32)
+        p.grad = torch.from_numpy(g.copy())
+        opt.step(lr, [True, True, False])
+        for k in range(2):
+            n[k] = rho[k] * n[k] + (1 - rho[k]) * g[k].astype(np.float64) ** 2
+            s = mu[k] * v[k] - lr[k] * g[k] / np.sqrt(n[k] + eps[k])
+            s *= min(1.0, c[k] / np.linalg.norm(s))
+            v[k], w[k] = s, w[k] + s
+    np.testing.assert_allclose(p.detach().numpy(), w, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(v[1]) == pytest.approx(0.3)  # model 1's steps were clipped
+    assert torch.equal(p[2].detach(), torch.from_numpy(w0[2]))  # frozen model untouched
+
+
+def test_grad_clipping_rescales_the_gradient():
+    p = torch.nn.Parameter(torch.zeros(2, 3))
+    opt = StackedRMSProp([p], [0.0, 0.0], [0.0, 0.0], [1e-30, 1e-30], "grad", [1.0, 1.0])
+    p.grad = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]])
+    opt.step([1.0, 1.0], [True, True])
+    # rho=0 -> n = g^2 and the step is -lr * sign(g) whatever the clipping; the state shows the clipped g
+    np.testing.assert_allclose(opt.n[0][0].numpy(), [0.36, 0.64, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(opt.n[0][1].numpy(), [0.09, 0.16, 0.0], rtol=1e-6)
+
+
+def test_linear_lr_decay(tmp_path: Path, tiny_jsb: Path):
+    cfg = _cfg(tmp_path, "training.max_epochs=5", "training.lr=0.01")
+    assert [lr_at(cfg, e) for e in (1, 3, 5)] == pytest.approx([0.01, 0.00505, 0.0001])
+    assert lr_at(cfg.replace(**{"training.lr_decay": "none"}), 5) == 0.01
+
+
+# --- runs -------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_the_run_dir(tmp_path: Path, tiny_jsb: Path):
+    cfg = _cfg(tmp_path, "training.max_epochs=3")
+    summary = train(cfg, quiet=True)
+    run = tmp_path / "runs" / "jsb" / "gru" / summary["run_name"]
+    assert {p.name for p in run.iterdir()} == {
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "best.pt",
+        "last.pt",
+    }
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert list(rows[0]) == list(training.METRICS) and [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["updates"]) for r in rows] == [10, 20, 30]
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["status"] == "complete" and saved["epochs"] == 3 and saved["lockstep_k"] == 1
+    assert saved["params"] == build_model("gru", hidden=6).num_params()
+    assert set(saved["baseline_nll"]) == {"train", "valid", "test"}
+    best = min(rows, key=lambda r: float(r["valid_nll"]))
+    assert saved["best_epoch"] == int(best["epoch"]) and saved["train_nll"] == pytest.approx(
+        float(best["train_nll"])
+    )
+    assert evaluate(run, "test", "best") == pytest.approx(saved["test_nll"], rel=1e-6)
+    assert evaluate(run, "valid", "best") == pytest.approx(saved["best_valid_nll"], rel=1e-6)
+    assert evaluate(run, "valid", "last") == pytest.approx(float(rows[-1]["valid_nll"]), rel=1e-6)
+    assert load_config(run / "config.yaml").to_dict() == cfg.to_dict()
+    with pytest.raises(UserError, match="holds a finished run"):
+        train(cfg, quiet=True)
+    assert (
+        train(cfg, run, resume=True, quiet=True)["test_nll"] == saved["test_nll"]
+    )  # complete: nothing to do
+
+
+def test_training_learns(tmp_path: Path, tiny_jsb: Path):
+    """On i.i.d. notes the best possible model is the Bernoulli baseline; a few epochs get close to it."""
+    summary = train(_cfg(tmp_path, "training.max_epochs=6", "training.lr=0.01"), quiet=True)
+    rows = list(
+        csv.DictReader((tmp_path / "runs" / "jsb" / "gru" / summary["run_name"] / "metrics.csv").open())
+    )
+    untrained = 88 * np.log(2)  # zero logits; uniform(-0.1, 0.1) weights stay near it
+    assert float(rows[0]["train_nll"]) < untrained
+    assert float(rows[-1]["train_nll"]) < 1.02 * summary["baseline_nll"]["train"]
+
+
+def test_resume_continues_exactly(tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch):
+    cfg = _cfg(tmp_path, "training.batch_size=3")
+    train(cfg, tmp_path / "whole", quiet=True)
+
+    real_end = training._end_epoch
+
+    def ctrl_c_after_epoch_2(model, opt, runs, *args, **kwargs):
+        real_end(model, opt, runs, *args, **kwargs)
+        if runs[0].epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_end_epoch", ctrl_c_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(training, "_end_epoch", real_end)
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["epochs"] == 2
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg, tmp_path / "cut", quiet=True)
+    train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    _assert_same_weights(tmp_path / "whole", tmp_path / "cut")
+    metrics = [list(csv.DictReader((tmp_path / d / "metrics.csv").open())) for d in ("whole", "cut")]
+    for a, b in zip(*metrics, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
+
+
+def test_lockstep_equals_training_alone(tmp_path: Path, tiny_jsb: Path):
+    """Model 1 of a stack of 3 (other seeds, learning rates, weight noise, padded to their longer sequences)
+    ends bit-identical to the same config trained alone."""
+    pytest.importorskip("numba")  # bit-equality is promised by the CPU kernels; fast=auto uses them
+    cfgs = [
+        _cfg(
+            tmp_path,
+            "training.max_epochs=2",
+            "training.batch_size=2",
+            f"training.seed={s}",
+            f"training.lr={lr}",
+            f"training.weight_noise={wn}",
+        )
+        for s, lr, wn in [(1, 0.01, 0.075), (2, 0.003, 0.05), (3, 0.02, 0.0)]
+    ]
+    stack = [tmp_path / "stack" / str(i) for i in range(3)]
+    summaries = train_lockstep(cfgs, stack, quiet=True)
+    alone = train(cfgs[1], tmp_path / "alone", quiet=True)
+    _assert_same_weights(stack[1], tmp_path / "alone")
+    assert summaries[1]["lockstep_k"] == 3
+    drop = {"lockstep_k", "total_seconds", "seconds_per_epoch", "run_name"}
+    assert {k: v for k, v in summaries[1].items() if k not in drop} == {
+        k: v for k, v in alone.items() if k not in drop
+    }
+
+
+def test_lockstep_rejects_different_models(tmp_path: Path, tiny_jsb: Path):
+    cfgs = [_cfg(tmp_path), _cfg(tmp_path, "training.seed=2", "model.hidden=7")]
+    with pytest.raises(UserError, match="model.hidden"):
+        train_lockstep(cfgs, quiet=True)
+
+
+def test_early_stopping_freezes_one_model_of_a_stack(tmp_path: Path, tiny_jsb: Path):
+    cfgs = [
+        _cfg(tmp_path, "training.max_epochs=2"),
+        _cfg(tmp_path, "training.seed=2", "training.max_epochs=4"),
+    ]
+    short, long = train_lockstep(cfgs, [tmp_path / "a", tmp_path / "b"], quiet=True)
+    assert (short["epochs"], long["epochs"]) == (2, 4) and short["status"] == long["status"] == "complete"
+    assert len((tmp_path / "a" / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_nan_stops_the_run_and_keeps_the_best_model(tmp_path: Path, tiny_jsb: Path, monkeypatch):
+    real_forward = StackedModel.forward
+    calls = {"train": 0}
+
+    def diverge_in_epoch_2(self, x):
+        out = real_forward(self, x)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] > 13:  # epoch 1 has 10 updates
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(StackedModel, "forward", diverge_in_epoch_2)
+    summary = train(_cfg(tmp_path), tmp_path / "nan", quiet=True)
+    assert summary["status"] == "stopped_nan" and "non-finite" in summary["message"]
+    assert summary["best_epoch"] == 1 and np.isfinite(summary["test_nll"])
+    assert all(torch.isfinite(w).all() for w in _weights(tmp_path / "nan").values())
+
+
+def test_weight_noise_restores_clean_weights():
+    model = build_model("tanh", hidden=4, k=2)
+    model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
+    runs = [training._Run(None, Path("."), training._generators(s)) for s in (1, 2)]
+    before = model.U.detach().clone()
+    clean = training._add_noise(model.recurrent_weights(), runs, [0.1, 0.0], torch.device("cpu"))
+    assert torch.equal(clean[0], before)
+    assert not torch.equal(model.U[0], before[0]) and torch.equal(model.U[1], before[1])  # std 0: no noise
+    assert (model.U[0] - before[0]).std().item() == pytest.approx(0.1, rel=0.5)
