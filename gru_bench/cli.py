@@ -255,6 +255,7 @@ def sweep_cmd(
         typer.secho(line, fg=typer.colors.YELLOW, err=True)
     if result.failed:
         _print_failures(result.failed)
+    if result.failed or result.waiting:
         sys.exit(1)
     typer.echo(f"sweep complete: {len(result.outcomes)} run(s)")
 

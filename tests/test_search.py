@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from fake_runners import DIVERGE_ABOVE, calls, fake_train, valid_nll
 from scipy import stats
 from typer.testing import CliRunner
 
-from gru_bench import execute, sweep
+from gru_bench import sweep
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
 from gru_bench.paths import raw_dir
 from gru_bench.search import CSV_COLUMNS, sample_lrs, search
-
-CALLS = "calls.jsonl"
-DIVERGE_ABOVE = math.exp(-7)  # fake trials with a larger lr "diverge" (with the lowest valid NLL so far)
-
-
-def valid_nll(lr: float) -> float:
-    return (math.log(lr) + 9) ** 2  # best at lr = e^-9
-
-
-def fake_train(task: execute.Task) -> None:
-    with open(Path(os.environ["GRU_BENCH_RESULTS"]) / CALLS, "a") as f:
-        f.write(json.dumps([r.label for r in task.runs]) + "\n")
-    for r, cfg in zip(task.runs, task.configs, strict=True):
-        lr = cfg.training.lr
-        diverged = lr > DIVERGE_ABOVE
-        summary = {"status": "stopped_nan" if diverged else "complete", "lr": lr, "seed": cfg.training.seed,
-                   "epochs": 1, "best_valid_nll": -1.0 if diverged else valid_nll(lr)}  # fmt: skip
-        (r.run_dir / "summary.json").write_text(json.dumps(summary))
 
 
 @pytest.fixture
@@ -59,8 +40,8 @@ def test_learning_rates_are_log_uniform_in_range_and_deterministic() -> None:
 
 def test_search_trains_trials_in_lockstep_and_keeps_the_best_finished_one(results: Path) -> None:
     config = CONFIGS_DIR / "jsb" / "gru.yaml"
-    rec = search(config, trials=8, seed=0, workers=2, lockstep=10, runner=fake_train)
-    lrs = sample_lrs(8, seed=0)
+    rec = search(config, trials=8, seed=1, workers=2, lockstep=10, runner=fake_train)
+    lrs = sample_lrs(8, seed=1)
     assert any(lr > DIVERGE_ABOVE for lr in lrs) and any(lr <= DIVERGE_ABOVE for lr in lrs)
     finished = [i for i, lr in enumerate(lrs) if lr <= DIVERGE_ABOVE]
     best = min(finished, key=lambda i: valid_nll(lrs[i]))
@@ -68,8 +49,7 @@ def test_search_trains_trials_in_lockstep_and_keeps_the_best_finished_one(result
     assert rec["chosen"]["trial"] == best and rec["chosen"]["lr"] == lrs[best]
     assert [t["lr"] for t in rec["trials"]] == lrs and [t["chosen"] for t in rec["trials"]].count(True) == 1
 
-    calls = [json.loads(x) for x in (results / CALLS).read_text().splitlines()]
-    assert [len(c) for c in calls] == [8]  # one stack of all trials
+    assert [len(c["runs"]) for c in calls(results)] == [8]  # one stack of all trials
     folder = results / "search" / "jsb" / "gru" / "search"
     assert json.loads((folder / "search.json").read_text()) == rec
     table = pd.read_csv(folder / "search.csv")
@@ -77,24 +57,24 @@ def test_search_trains_trials_in_lockstep_and_keeps_the_best_finished_one(result
     trial = rec["trials"][best]
     summary = json.loads((results / "runs" / trial["run"] / "summary.json").read_text())
     assert summary["search_trial"] == {"name": "search", "trial": best, "trials": 8, "lr": lrs[best]}
-    assert trial["run"] == f"jsb/gru/search-lr{lrs[best]:.3e}-seed0"
+    assert trial["run"] == f"jsb/gru/search-lr{lrs[best]:.3e}-seed1"
 
-    (results / CALLS).unlink()
-    assert search(config, trials=8, seed=0, workers=2, runner=fake_train) == rec  # finished trials are kept
-    assert not (results / CALLS).exists()
+    n_calls = len(calls(results))
+    assert search(config, trials=8, seed=1, workers=2, runner=fake_train) == rec  # finished trials are kept
+    assert len(calls(results)) == n_calls
 
 
 def test_search_sweep_trains_the_seeds_at_the_chosen_lr(tmp_path: Path, results: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(json.dumps({
         "name": "s", "datasets": ["jsb"], "models": ["tanh"], "seeds": [0, 1],
-        "config": str(CONFIGS_DIR / "{dataset}" / "{model}.yaml"), "search": {"trials": 4, "seed": 7},
+        "config": str(CONFIGS_DIR / "{dataset}" / "{model}.yaml"), "search": {"trials": 4, "seed": 8},
     }))  # fmt: skip
     before = dict(sweep.preview(path))
     assert len(before) == 5 and before["jsb/tanh/s-seed*"] == "2 run(s) after the search"
 
     result = sweep.run_sweep(path, workers=2, runner=fake_train)
-    lrs = sample_lrs(4, seed=7)
+    lrs = sample_lrs(4, seed=8)
     assert any(lr > DIVERGE_ABOVE for lr in lrs)
     finished = [i for i, lr in enumerate(lrs) if lr <= DIVERGE_ABOVE]
     best = min(finished, key=lambda i: valid_nll(lrs[i]))

@@ -1,7 +1,7 @@
 """Sweeps: grid expansion, skip / resume / retry, failures that do not stop the rest, lockstep grouping, Ray.
 
-Most tests inject `fake_train` (writes a summary in milliseconds) into the real executor with its real worker
-processes; one test trains a real tiny sweep end to end.
+Most tests inject `fake_runners.fake_train` (writes a summary in milliseconds) into the real executor with its
+real worker processes; two tests train real tiny sweeps end to end.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import fake_runners
 import pytest
+from fake_runners import FAIL, calls, crash_train, fake_train
 from typer.testing import CliRunner
 
 from gru_bench import execute, sweep
@@ -23,35 +25,6 @@ from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
 from gru_bench.errors import UserError
 from gru_bench.paths import raw_dir
-
-FAIL = "FAKE_TRAIN_FAILS"  # environment: comma-separated <cell>:<seed> that fake_train fails
-CALLS = "calls.jsonl"  # fake_train appends one line per task to results/CALLS
-
-
-def fake_train(task: execute.Task) -> None:
-    """Stand-in for training: one JSON line per task, a complete summary.json per run (valid NLL = f(lr))."""
-    with open(Path(os.environ["GRU_BENCH_RESULTS"]) / CALLS, "a") as f:
-        f.write(
-            json.dumps({"runs": [r.label for r in task.runs], "resume": task.resume, "pid": os.getpid()})
-            + "\n"
-        )
-    for r, cfg in zip(task.runs, task.configs, strict=True):
-        if f"{cfg.model.cell}:{cfg.training.seed}" in os.environ.get(FAIL, "").split(","):
-            raise RuntimeError(f"boom in {r.name}")
-        (r.run_dir / "config.yaml").write_text("fake\n")
-        summary = {"status": "complete", "seed": cfg.training.seed, "lr": cfg.training.lr, "epochs": 1,
-                   "best_valid_nll": (cfg.training.lr - 1e-4) ** 2, "test_nll": 1.0}  # fmt: skip
-        (r.run_dir / "summary.json").write_text(json.dumps(summary))
-
-
-def crash_train(task: execute.Task) -> None:
-    """A worker that dies without a Python exception (like the OOM killer)."""
-    os._exit(9)
-
-
-def calls(results: Path) -> list[dict]:
-    path = results / CALLS
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.fixture
@@ -143,7 +116,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
     monkeypatch.delenv(FAIL)
     started = results / "runs" / "jsb" / "gru" / "t-seed0"  # interrupted: has config.yaml, not complete
     (started / "summary.json").write_text(json.dumps({"status": "running"}))
-    (results / CALLS).unlink()
+    (results / fake_runners.CALLS).unlink()
     second = sweep.run_sweep(path, workers=2, lockstep=1, runner=fake_train)
     assert second.failed == {}
     # the failed run died before training wrote its config.yaml: a fresh start; the started one resumes
@@ -154,7 +127,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
     assert not (failing / execute.ERROR_FILE).exists()
     assert [o.status for o in second.outcomes.values()].count("skipped") == 2
 
-    (results / CALLS).unlink()
+    (results / fake_runners.CALLS).unlink()
     third = sweep.run_sweep(path, workers=2, runner=fake_train)
     assert calls(results) == [] and {o.status for o in third.outcomes.values()} == {"skipped"}
 
@@ -216,7 +189,7 @@ def test_ray_backend_on_a_local_instance(
     tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+    ray.cloudpickle.register_pickle_by_value(fake_runners)  # Ray workers cannot import tests/
     path = write_sweep(tmp_path, datasets=["jsb"], models=["gru"], seeds=[0, 1, 2])
     monkeypatch.setenv(FAIL, "gru:1")  # before ray.init: its workers inherit the environment
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
