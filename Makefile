@@ -8,6 +8,7 @@ TORCH_SPEC ?= torch==$(TORCH_VERSION)
 DATA_SOURCE ?=
 WORKERS ?= 2
 SEARCH ?= 0
+EXTRAS ?= dev,ray
 BIN := $(VENV)/bin
 GB := $(BIN)/gru-bench
 SWEEP := $(if $(filter 1,$(SEARCH)),configs/sweeps/reproduce-search.yaml,configs/sweeps/reproduce.yaml)
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed

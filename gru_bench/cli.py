@@ -12,8 +12,11 @@ import typer
 from gru_bench.errors import UserError
 from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
 
-app = typer.Typer(help="Reproduce Chung et al. (2014): tanh-RNN vs LSTM vs GRU on polyphonic music.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Reproduce Chung et al. (2014): tanh-RNN vs LSTM vs GRU on polyphonic music.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Download, prepare and describe the datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -37,15 +40,19 @@ def friendly(fn: Callable) -> Callable:
 
 # --- data (download / prepare / info) -------------------------------------------------------------
 
+
 @data_app.command("download")
 @friendly
 def data_download(
     name: str = typer.Argument(..., help="jsb, nottingham, musedata, piano-midi or 'all'."),
     source: str | None = typer.Option(
-        None, help="Take the files only from this folder (searched recursively by file name) or mirror "
-        "base URL, e.g. ../shared/datasets."),
+        None,
+        help="Take the files only from this folder (searched recursively by file name) or mirror "
+        "base URL, e.g. ../shared/datasets.",
+    ),
     allow_unknown_hash: bool = typer.Option(
-        False, "--allow-unknown-hash", help="Keep files whose sha256 is not a known one (with a warning)."),
+        False, "--allow-unknown-hash", help="Keep files whose sha256 is not a known one (with a warning)."
+    ),
 ) -> None:
     """Download the dataset files into data/raw/<name>/ (or copy them from --source), checking each sha256."""
     from gru_bench.data.download import download
@@ -77,8 +84,17 @@ def data_prepare(
 
     names = list(DATASETS) if name.strip().lower() == "all" else [name]
     for n in names:
-        path = prepare(n, from_midi=from_midi, transpose=transpose, echo=typer.echo, out_name=out_name,
-                       frame=frame, valid_ratio=valid_ratio, test_ratio=test_ratio, seed=seed)
+        path = prepare(
+            n,
+            from_midi=from_midi,
+            transpose=transpose,
+            echo=typer.echo,
+            out_name=out_name,
+            frame=frame,
+            valid_ratio=valid_ratio,
+            test_ratio=test_ratio,
+            seed=seed,
+        )
         typer.echo(f"{n}: wrote {path}")
 
 
@@ -98,38 +114,53 @@ def data_info(
 
 # --- train / evaluate ---------------------------------------------------------------------------------
 
+
 @app.command("train")
 @friendly
 def train_cmd(
     config: str | None = typer.Argument(
-        None, help="Config YAML, or <dataset>/<cell> for configs/<dataset>/<cell>.yaml (e.g. jsb/gru)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set training.lr=3e-4 "
-                                   "(YAML value; repeatable)."),
+        None, help="Config YAML, or <dataset>/<cell> for configs/<dataset>/<cell>.yaml (e.g. jsb/gru)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set training.lr=3e-4 (YAML value; repeatable)."
+    ),
     seed: int | None = typer.Option(None, help="training.seed"),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds trained in lockstep, e.g. 1,2,3."),
     lr: float | None = typer.Option(None, help="training.lr"),
     epochs: int | None = typer.Option(None, help="training.max_epochs"),
     device: str | None = typer.Option(None, help="training.device: auto, cpu or cuda."),
     name: str | None = typer.Option(None, help="run.name (default: seed<seed>, or seed<seed>-<hash>)."),
-    out: str | None = typer.Option(None, help="run.out_dir: runs go to OUT/<dataset>/<cell>/<name> "
-                                   "(default: results/runs)."),
-    resume: list[Path] = typer.Option([], help="Continue the run in this folder where it stopped "
-                                      "(repeatable: a lockstep group resumes together)."),
+    out: str | None = typer.Option(
+        None, help="run.out_dir: runs go to OUT/<dataset>/<cell>/<name> (default: results/runs)."
+    ),
+    resume: list[Path] = typer.Option(
+        [],
+        help="Continue the run in this folder where it stopped "
+        "(repeatable: a lockstep group resumes together).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Train a model (or a lockstep stack of seeds); checkpoints every epoch, Ctrl-C safe (--resume)."""
     from gru_bench.config import parse_seeds
     from gru_bench.training import train_command
 
-    typed = {"training.seed": seed, "training.lr": lr, "training.max_epochs": epochs,
-             "training.device": device, "run.name": name, "run.out_dir": out}
+    typed = {
+        "training.seed": seed,
+        "training.lr": lr,
+        "training.max_epochs": epochs,
+        "training.device": device,
+        "run.name": name,
+        "run.out_dir": out,
+    }
     overrides = [*set_, *(f"{k}={v}" for k, v in typed.items() if v is not None)]
     summaries = train_command(config, overrides, parse_seeds(seeds) if seeds else None, resume, quiet=quiet)
     for s in summaries:
         test = f"{s['test_nll']:.4f}" if s["test_nll"] is not None else "-"
-        typer.echo(f"{s['dataset']}/{s['cell']}/{s['run_name']}: {s['status']}, best valid "
-                   f"{s['best_valid_nll'] or float('nan'):.4f} @ epoch {s['best_epoch']}, test {test} "
-                   f"({s['params']} params)")
+        typer.echo(
+            f"{s['dataset']}/{s['cell']}/{s['run_name']}: {s['status']}, best valid "
+            f"{s['best_valid_nll'] or float('nan'):.4f} @ epoch {s['best_epoch']}, test {test} "
+            f"({s['params']} params)"
+        )
 
 
 @app.command("evaluate")
@@ -147,14 +178,18 @@ def evaluate_cmd(
 
 # --- compare / sample -----------------------------------------------------------------------------------
 
+
 @app.command("compare")
 @friendly
 def compare_cmd(
     results: Path = typer.Argument(Path("results"), help="Folder holding runs/ (as written by train/sweep)."),
     out: Path | None = typer.Option(None, help="Where the report goes [default: RESULTS/report]."),
-    configs: Path | None = typer.Option(None, help="Folder of cell configs: a cell's table group is its runs "
-                                        "matching <dataset>/<cell>.yaml there (else its largest group) "
-                                        "[default: the repository's configs/]."),
+    configs: Path | None = typer.Option(
+        None,
+        help="Folder of cell configs: a cell's table group is its runs "
+        "matching <dataset>/<cell>.yaml there (else its largest group) "
+        "[default: the repository's configs/].",
+    ),
 ) -> None:
     """Table 2 beside the paper (mean ± std over seeds), learning-curve figures, and every left-out run."""
     from rich.console import Console
@@ -182,12 +217,14 @@ def sample_cmd(
     """Let a trained model compose: Bernoulli draws per note, frame by frame, written as MIDI + piano roll."""
     from gru_bench.sample import sample
 
-    path = sample(run_dir, steps=steps, out=out, temperature=temperature, primer=primer, seed=seed,
-                  which=which)
+    path = sample(
+        run_dir, steps=steps, out=out, temperature=temperature, primer=primer, seed=seed, which=which
+    )
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 # --- bench ------------------------------------------------------------------------------------------------
+
 
 @app.command("bench")
 @friendly
@@ -209,9 +246,18 @@ def bench_cmd(
     from gru_bench.paths import results_dir
 
     out = out or results_dir() / "bench" / "bench.csv"
-    df = run_bench(cells.split(","), impls.split(","), parse_ints(batch_sizes, "--batch-sizes"),
-                   parse_ints(lengths, "--lengths"), repeats=repeats, warmup=warmup, threads=threads,
-                   lockstep_k=lockstep_k, out=out, progress=True)
+    df = run_bench(
+        cells.split(","),
+        impls.split(","),
+        parse_ints(batch_sizes, "--batch-sizes"),
+        parse_ints(lengths, "--lengths"),
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+        lockstep_k=lockstep_k,
+        out=out,
+        progress=True,
+    )
     Console().print(table(df))
     typer.echo(f"wrote {out}")
 
@@ -277,21 +323,36 @@ def search_cmd(
     """The paper's learning-rate search: train each sampled lr, keep the best validation NLL."""
     from gru_bench.search import search
 
-    rec = search(config, trials=trials, log_lr_range=log_lr_range, seed=seed, overrides=tuple(set_),
-                 name=name, workers=workers, backend=backend, address=address, lockstep=lockstep)
+    rec = search(
+        config,
+        trials=trials,
+        log_lr_range=log_lr_range,
+        seed=seed,
+        overrides=tuple(set_),
+        name=name,
+        workers=workers,
+        backend=backend,
+        address=address,
+        lockstep=lockstep,
+    )
     for t in rec["trials"]:
         valid = "-" if t["best_valid_nll"] is None else f"{t['best_valid_nll']:.4f}"
         mark = "*" if t["chosen"] else " "
         typer.echo(f"{mark} trial {t['trial']:2d}  lr {t['lr']:.3e}  valid {valid:>8s}  {t['status']}")
-    failed = {t["run"]: t["error"] or t["status"] for t in rec["trials"]
-              if t["status"] not in ("complete", "stopped_nan")}
+    failed = {
+        t["run"]: t["error"] or t["status"]
+        for t in rec["trials"]
+        if t["status"] not in ("complete", "stopped_nan")
+    }
     if failed:
         _print_failures(failed)
         sys.exit(1)
     chosen = rec["chosen"]
     if chosen:
-        typer.echo(f"chosen: lr {chosen['lr']:.3e} (trial {chosen['trial']}, "
-                   f"valid NLL {chosen['best_valid_nll']:.4f})")
+        typer.echo(
+            f"chosen: lr {chosen['lr']:.3e} (trial {chosen['trial']}, "
+            f"valid NLL {chosen['best_valid_nll']:.4f})"
+        )
     else:
         typer.echo(f"no usable trial: {rec['status']}")
 

@@ -21,7 +21,9 @@ _TSBN = (
     "https://raw.githubusercontent.com/zhegan27/TSBN_code_NIPS2015/"
     "029c9955f963918c6e2d2e60d1402645a8ea78a9/polyphonic_music/data/"
 )
-_DEEPHMM = "https://raw.githubusercontent.com/guxd/deepHMM/b1f596ee41f81c77ae20244c69092da184b5bcc9/data/polyphonic/"
+_DEEPHMM = (
+    "https://raw.githubusercontent.com/guxd/deepHMM/b1f596ee41f81c77ae20244c69092da184b5bcc9/data/polyphonic/"
+)
 _DLFINAL = "https://raw.githubusercontent.com/yipstanley/dl_final/b856b1d54986dc004154ed09b8bd7e7d11433c03/"
 
 FileKind = Literal["mat", "pickle", "midi_zip"]
