@@ -139,19 +139,21 @@ def run_bench(
 ) -> pd.DataFrame:
     """Measure every variant over the grid; write CSV to `out` (atomically) if given."""
     cells, impls, batch_sizes, lengths = list(cells), list(impls), list(batch_sizes), list(lengths)
-    for what, values, allowed in (("cell", cells, CELLS), ("impl", impls, IMPLS)):
-        bad = [v for v in values if v not in allowed]
-        if bad or not values:
-            raise UserError(f"--{what}s {','.join(bad) or '(empty)'}: choose from {','.join(allowed)}")
-    if (
-        min(batch_sizes, default=0) < 1
-        or min(lengths, default=0) < 1
-        or repeats < 1
-        or threads < 1
-        or warmup < 0
-        or lockstep_k < 1
+    for option, values, allowed in (("--cells", cells, CELLS), ("--impls", impls, IMPLS)):
+        if not values or any(v not in allowed for v in values):
+            raise UserError(f"{option} {','.join(values)!r}: choose from {','.join(allowed)}")
+    for option, values, low in (
+        ("--batch-sizes", batch_sizes, 1),
+        ("--lengths", lengths, 1),
+        ("--repeats", [repeats], 1),
+        ("--warmup", [warmup], 0),
+        ("--threads", [threads], 1),
+        ("--lockstep-k", [lockstep_k], 1),
     ):
-        raise UserError("batch sizes, lengths, repeats, threads and --lockstep-k must be >= 1 (warmup >= 0)")
+        if not values or min(values) < low:
+            raise UserError(f"{option} {','.join(map(str, values))!r}: every value must be >= {low}")
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out {out} is a folder: give the CSV file to write, e.g. {Path(out, 'bench.csv')}")
     grid = [(cell, b, t) for cell in cells for b in batch_sizes for t in lengths]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -182,7 +182,9 @@ def evaluate_cmd(
 @app.command("compare")
 @friendly
 def compare_cmd(
-    results: Path = typer.Argument(Path("results"), help="Folder holding runs/ (as written by train/sweep)."),
+    results: Path | None = typer.Argument(
+        None, help="Folder holding runs/, as written by train/sweep [default: $GRU_BENCH_RESULTS or results]."
+    ),
     out: Path | None = typer.Option(None, help="Where the report goes [default: RESULTS/report]."),
     configs: Path | None = typer.Option(
         None,
@@ -196,9 +198,10 @@ def compare_cmd(
     from rich.markdown import Markdown
 
     from gru_bench.config import CONFIGS_DIR
+    from gru_bench.paths import results_dir
     from gru_bench.report import compare
 
-    report_dir = compare(results, out, configs or CONFIGS_DIR)
+    report_dir = compare(results or results_dir(), out, configs or CONFIGS_DIR)
     Console().print(Markdown((report_dir / "table2.md").read_text()))
     typer.echo(f"wrote {report_dir}/")
 

@@ -186,23 +186,32 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
-    """Merged mapping of `path` and its `inherit:` ancestors, and which file set each dotted key."""
-    if path in chain:
-        raise UserError("inherit cycle: " + " -> ".join(str(p) for p in (*chain, path)))
-    where = f"{chain[-1]}: inherit: {path}" if chain else str(path)
+def read_yaml(path: Path, where: str | None = None) -> Any:
+    """A YAML file's data (YAML 1.2 scalars, as configs read them); a missing, unreadable or malformed file
+    is a one-line UserError that starts with `where` (default: the path)."""
+    where = where or str(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"{where} not found") from None
     except OSError as e:
         raise UserError(f"{where} cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{where} is not a text file (not UTF-8): give a YAML file") from None
     try:
-        raw = yaml.load(text, Loader=_Loader)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{line}: {problem}") from None
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    """Merged mapping of `path` and its `inherit:` ancestors, and which file set each dotted key."""
+    if path in chain:
+        raise UserError("inherit cycle: " + " -> ".join(str(p) for p in (*chain, path)))
+    raw = read_yaml(path, f"{chain[-1]}: inherit: {path}" if chain else str(path))
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise UserError(
@@ -331,6 +340,11 @@ def resolve_path(path: str | Path) -> Path:
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (following `inherit:`), apply `KEY=VALUE` overrides and validate everything."""
     path = resolve_path(path)
+    if not path.exists() and path.suffix not in (".yaml", ".yml"):
+        raise UserError(
+            f"{path} not found: give a config file, or <dataset>/<cell> for a shipped "
+            f"configs/<dataset>/<cell>.yaml (datasets {', '.join(DATASETS)}; cells {', '.join(paper.CELLS)})"
+        )
     raw, origin = _read_yaml(path, ())
     base_hash = None
     if overrides:

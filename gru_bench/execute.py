@@ -279,7 +279,8 @@ def _stop(procs: list) -> None:
         p.join()
 
 
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "best.pt", "last.pt", ERROR_FILE)
+# summary.json last: a final status in it means "done", so it must never land before the checkpoints do
+RUN_FILES = ("config.yaml", "metrics.csv", "best.pt", "last.pt", ERROR_FILE, "summary.json")
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -348,6 +349,15 @@ def _ray(tasks: list[Task], workers: int | None, runner: Runner, address: str | 
             ray.shutdown()
 
 
+def check_options(workers: int | None, backend: str, address: str | None) -> None:
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if address and backend != "ray":
+        raise UserError("--address is only for --backend ray")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+
+
 def run_tasks(
     tasks: list[Task],
     workers: int | None = None,
@@ -361,12 +371,7 @@ def run_tasks(
 
     `on_tick` sees the running tasks every few seconds (local backend only: Ray run dirs are remote).
     """
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if address and backend != "ray":
-        raise UserError("--address is only for --backend ray")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers {workers}: must be at least 1")
+    check_options(workers, backend, address)
     outcomes: dict[str, Outcome] = {}
 
     def done(task: Task, exitcode: int | None) -> None:
@@ -454,6 +459,7 @@ def run_specs(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    check_options(workers, backend, address)
     console = console or Console(stderr=True)
     labels = [s.label for s in specs]
     dup = {x for x in labels if labels.count(x) > 1}

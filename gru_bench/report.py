@@ -17,12 +17,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from gru_bench import figures, paper
+from gru_bench import figures, paper, stats_compare
 from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
 from gru_bench.execute import ERROR_FILE
-from gru_bench.fsutil import write_text
+from gru_bench.fsutil import write_json, write_text
 
 RUN_COLUMNS = [
     "dataset", "cell", "run", "role", "status", "problem", "group", "main", "seed", "lr", "lr_searched",
@@ -31,6 +31,11 @@ RUN_COLUMNS = [
 ]  # fmt: skip
 SEARCHED_LR = "training.lr"  # an outcome, not a setting, when a learning-rate search chose it
 BASELINE = "bernoulli"  # the `model` name of the independent-Bernoulli reference row
+MANIFEST = ".compare-files.json"  # in the out dir: what the last `compare` wrote (all it may ever remove)
+SEARCH_COLUMNS = [
+    "dataset", "cell", "search", "trials", "finished", "diverged", "other", "lr_min", "lr_max",
+    "valid_min", "valid_median", "valid_max", "best_trial_lr", "record", "chosen_lr", "chosen_valid_nll",
+]  # fmt: skip
 
 
 @dataclass
@@ -41,7 +46,8 @@ class Report:
     table: pd.DataFrame  # one row per dataset x model of the main groups, plus baseline rows (table2.csv)
     problems: list[str] = field(default_factory=list)  # runs kept out of the table, and why
     other_groups: list[str] = field(default_factory=list)  # finished runs with other settings than the cell's
-    searches: list[str] = field(default_factory=list)  # one line per learning-rate search (its trial runs)
+    searches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEARCH_COLUMNS))  # per search
+    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=stats_compare.COLUMNS))
     curves: dict[tuple[str, str], list[pd.DataFrame]] = field(default_factory=dict)  # main-group metrics
 
 
@@ -133,6 +139,7 @@ def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
     flat = _flatten(config or {})
     searched = lr_from_search(config or {}, summ)
     trial = summ.get("search_trial") or {}
+    final = summ.get("search") if isinstance(summ.get("search"), dict) else {}  # a run at a searched lr
     s = settings(config, searched) if config else {}
     problem = _problem(run_dir, summary, why_summary, metrics, config) or (
         why_config if config is None else ""
@@ -162,7 +169,7 @@ def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
         "baseline_test": baseline.get("test"),
         "seconds_per_epoch": summ.get("seconds_per_epoch"),
         "total_seconds": summ.get("total_seconds"),
-        "search": trial.get("name", ""),
+        "search": trial.get("name") or final.get("name", ""),
         "path": str(run_dir),
         "settings": s,
     }
@@ -296,24 +303,88 @@ def find_problems(runs: pd.DataFrame, main: dict) -> list[str]:
     return out
 
 
-def summarize_searches(runs: pd.DataFrame) -> list[str]:
-    """One line per learning-rate search: its trials are runs too, but only their winner's lr matters here."""
-    out = []
+def _search_record(results_dir: Path, dataset: str, cell: str, name: str) -> tuple[str, dict]:
+    """(status, the chosen trial's numbers or {}) from results/search/<dataset>/<cell>/<name>/search.json."""
+    path = results_dir / "search" / dataset / cell / name / "search.json"
+    rec, why = _read(path, lambda p: json.loads(p.read_text()))
+    if not isinstance(rec, dict):
+        return why or "unreadable search.json (not an object)", {}
+    chosen = rec.get("chosen")
+    numbers = {k: v for k, v in chosen.items() if _finite(v)} if isinstance(chosen, dict) else {}
+    return str(rec.get("status", "no status")), numbers
+
+
+def summarize_searches(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
+    """One row per learning-rate search: its trials (runs of their own, never in the table), the spread of
+    their best valid NLLs, and the lr the search chose (from its search.json, the search's own record)."""
+    rows = []
     trials = runs[runs["role"] == "search trial"]
     for (dataset, cell, name), t in trials.groupby(["dataset", "cell", "search"], sort=False):
         done = t[t["problem"] == ""]
-        diverged = int((t["status"] == "stopped_nan").sum())
-        best = done.loc[pd.to_numeric(done["valid_nll"]).idxmin()] if len(done) else None
+        valid = pd.to_numeric(done["valid_nll"], errors="coerce")
         lrs = pd.to_numeric(t["lr"], errors="coerce")
-        line = (
-            f"{dataset}/{cell} search '{name}': {_count(len(t), 'trial')} ({len(done)} finished, "
-            f"{diverged} diverged, {len(t) - len(done) - diverged} other), "
-            f"lr {lrs.min():.3g} to {lrs.max():.3g}"
+        diverged = int((t["status"] == "stopped_nan").sum())
+        record, chosen = _search_record(results_dir, dataset, cell, name)
+        rows.append(
+            {
+                "dataset": dataset,
+                "cell": cell,
+                "search": name,
+                "trials": len(t),
+                "finished": len(done),
+                "diverged": diverged,
+                "other": len(t) - len(done) - diverged,
+                "lr_min": lrs.min(),
+                "lr_max": lrs.max(),
+                "valid_min": valid.min(),
+                "valid_median": valid.median(),
+                "valid_max": valid.max(),
+                "best_trial_lr": float(done.loc[valid.idxmin(), "lr"]) if valid.notna().any() else math.nan,
+                "record": record,
+                "chosen_lr": chosen.get("lr", math.nan),
+                "chosen_valid_nll": chosen.get("best_valid_nll", math.nan),
+            }
         )
-        if best is not None:
-            line += f"; lowest valid NLL {best['valid_nll']:.3f} at lr {best['lr']:.3g}"
+    return pd.DataFrame(rows, columns=SEARCH_COLUMNS)
+
+
+def search_lines(searches: pd.DataFrame) -> list[str]:
+    """The searches section of table2.md, one line per row of `summarize_searches`."""
+    out = []
+    for r in searches.itertuples():
+        line = (
+            f"{r.dataset}/{r.cell} search '{r.search}': {_count(r.trials, 'trial')} ({r.finished} finished, "
+            f"{r.diverged} diverged, {r.other} other), lr {r.lr_min:.3g} to {r.lr_max:.3g}"
+        )
+        if r.finished:
+            line += (
+                f"; best valid NLL of finished trials: min {r.valid_min:.3f} (lr {r.best_trial_lr:.3g}), "
+                f"median {r.valid_median:.3f}, max {r.valid_max:.3f}"
+            )
+        if math.isfinite(r.chosen_lr):
+            line += f"; **chosen lr {r.chosen_lr:.3g}** (valid NLL {r.chosen_valid_nll:.3f})"
+        else:
+            where = r.record if r.record.startswith(("no ", "unreadable")) else f"search.json: {r.record}"
+            line += f"; no lr chosen ({where})"
         out.append(line)
     return out
+
+
+def _drop_repeated_seeds(runs: pd.DataFrame) -> None:
+    """A second table run with the settings AND seed of another is a repeat, not a new seed: counting it
+    would shrink the std and break the pairing over seeds. The first by run name stays."""
+    main = runs[runs["main"]].sort_values("run", kind="stable")
+    key = ["dataset", "cell", "seed"]
+    first = main.drop_duplicates(key).set_index(key)["run"]
+    for i in main.index[main.duplicated(key)]:
+        r = runs.loc[i]
+        runs.loc[i, "main"] = False
+        runs.loc[i, "problem"] = f"same settings and seed {r.seed} as {first[(r.dataset, r.cell, r.seed)]}"
+
+
+def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
+    """`stats_compare.pairwise_comparison` of the table's runs (one per dataset, cell and seed)."""
+    return stats_compare.pairwise_comparison(runs.loc[runs["main"], ["dataset", "cell", "seed", "test_nll"]])
 
 
 def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFIGS_DIR) -> Report:
@@ -326,6 +397,7 @@ def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFI
         main.get((d, c)) == g and p == "" and role == "run"
         for d, c, g, p, role in runs[["dataset", "cell", "group", "problem", "role"]].itertuples(index=False)
     ]
+    _drop_repeated_seeds(runs)
     curves = {}
     for r in runs[runs["main"]].itertuples():
         metrics = pd.read_csv(Path(r.path) / "metrics.csv")
@@ -335,7 +407,8 @@ def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFI
         table=build_table(runs, main),
         problems=find_problems(runs, main),
         other_groups=others,
-        searches=summarize_searches(runs),
+        searches=summarize_searches(runs, Path(results_dir)),
+        pairwise=pairwise(runs),
         curves=curves,
     )
 
@@ -392,15 +465,19 @@ def to_markdown(report: Report, results_dir: Path) -> str:
     lines += [f"- {p}" for p in report.problems] or ["- nothing: every run found is finished and tabulated"]
     lines += ["", "## Finished runs with other settings (not averaged into the table)", ""]
     lines += [f"- {g}" for g in report.other_groups] or ["- none"]
-    if report.searches:
+    lines += pairwise_markdown(report.pairwise)
+    if len(report.searches):
         lines += ["", "## Learning-rate searches (trial runs, not in the table)", ""]
-        lines += [f"- {s}" for s in report.searches]
+        lines += [f"- {s}" for s in search_lines(report.searches)]
     lines += [
         "",
         "## Files",
         "",
         "- `table2.csv`: this table at full precision; `runs.csv`: every run, its status, problem, group",
+        "- `pairwise.csv`: the model differences at full precision (`stats_compare.COLUMNS`)",
     ]
+    if len(report.searches):
+        lines.append("- `searches.csv`: one row per learning-rate search (valid NLL spread, chosen lr)")
     if (table["n_runs"] > 0).any():
         lines += [
             "- `curves_<dataset>.png/.svg`: train and valid NLL vs epochs and vs wall-clock seconds",
@@ -411,17 +488,63 @@ def to_markdown(report: Report, results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def pairwise_markdown(pw: pd.DataFrame) -> list[str]:
+    """The "Model differences" section of table2.md (empty without a pair of models to compare)."""
+    if pw.empty:
+        return []
+    lines = [
+        "",
+        "## Model differences (paired over seeds)",
+        "",
+        "Test NLL of model a − model b over the seeds both have (negative: a is better), mean ± std of the "
+        "per-seed differences; paired t-test (two-sided). A verdict names a winner only when the gap "
+        "exceeds the seed-to-seed spread (the larger of the two models' std over seeds) and p < "
+        f"{stats_compare.ALPHA:g}; see `gru_bench.stats_compare.pairwise_comparison` for the exact rule.",
+        "",
+        "| dataset | a − b | difference | seeds | seed spread (a, b) | t | p | verdict |",
+        "|---|---|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in pw.itertuples():
+        spread = f"{_fmt(r.std_a, digits=3)}, {_fmt(r.std_b, digits=3)}"
+        t, p = (f"{r.t:.2f}", f"{r.p:.2g}") if math.isfinite(r.p) else ("—", "—")
+        lines.append(
+            f"| {r.dataset} | {r.cell_a} − {r.cell_b} | {_fmt(r.mean_diff, r.std_diff, 3)} | {r.n_paired} "
+            f"| {spread} | {t} | {p} | {r.verdict} |"
+        )
+    return lines
+
+
+def _write_outputs(out: Path, files: dict[str, str], report: Report) -> None:
+    """Write the report into `out`, then remove what the previous `compare` wrote there and this one did
+    not (e.g. the curves of a dataset whose runs are gone). Files `compare` never wrote are never touched."""
+    old, _ = _read(out / MANIFEST, lambda p: json.loads(p.read_text()))
+    for name, text in files.items():
+        write_text(out / name, text)
+    written = [*files, *(p.name for p in figures.write_all(report, out))]
+    stale = set(old if isinstance(old, list) else []) - set(written)
+    for name in sorted(stale):
+        if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..", MANIFEST):
+            (out / name).unlink(missing_ok=True)
+    write_json(out / MANIFEST, sorted(written))
+
+
 def compare(
     results_dir: str | Path = "results",
     out_dir: str | Path | None = None,
     configs_dir: str | Path | None = CONFIGS_DIR,
 ) -> Path:
-    """Write table2.md/.csv, runs.csv and the figures into `out_dir` (default results_dir/report)."""
+    """Write table2.md/.csv, runs.csv, pairwise.csv, searches.csv (if any) and the figures into `out_dir`
+    (default results_dir/report), removing only files an earlier `compare` wrote there and this one not."""
     results_dir = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else results_dir / "report"
     report = build_report(results_dir, configs_dir)
-    write_text(out / "runs.csv", report.runs.drop(columns="settings").to_csv(index=False))
-    write_text(out / "table2.csv", report.table.to_csv(index=False))
-    write_text(out / "table2.md", to_markdown(report, results_dir))
-    figures.write_all(report, out)
+    files = {
+        "runs.csv": report.runs.drop(columns="settings").to_csv(index=False),
+        "table2.csv": report.table.to_csv(index=False),
+        "pairwise.csv": report.pairwise.to_csv(index=False),
+        "table2.md": to_markdown(report, results_dir),
+    }
+    if len(report.searches):
+        files["searches.csv"] = report.searches.to_csv(index=False)
+    _write_outputs(out, files, report)
     return out

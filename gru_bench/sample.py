@@ -6,8 +6,6 @@ the same conditional model the NLL in Table 2 scores; listening to it is a sanit
 
 from __future__ import annotations
 
-import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +13,10 @@ import pretty_midi
 import torch
 
 from gru_bench import data
-from gru_bench.config import Config, load_config
 from gru_bench.data.registry import DATASETS, LOWEST_PITCH, N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
-from gru_bench.models import StackedModel, build_model
+from gru_bench.training import load_run
 
 # Seconds per piano-roll frame at 120 bpm: quarter notes for JSB, eighth notes for the others.
 SECONDS_PER_FRAME = {"quarter120": 0.5, "eighth": 0.25}
@@ -124,25 +121,6 @@ def frame_rule(dataset: str, rolls: data.PianoRolls | None = None) -> str:
     return (rolls.meta if rolls is not None else {}).get("frame_rule", "eighth")
 
 
-def load_model(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Config]:
-    """The run's model (K=1, eval mode, CPU) from `best.pt` or `last.pt`, and its resolved config."""
-    run_dir = Path(run_dir)
-    if which not in ("best", "last"):
-        raise UserError(f"--which must be best or last, got {which!r}")
-    cfg = load_config(run_dir / "config.yaml")
-    path = run_dir / f"{which}.pt"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-        hidden = json.loads((run_dir / "summary.json").read_text())["hidden"]  # resolved (Table 1, budget)
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename} not found: {run_dir} is not a trained run (train it first)") from None
-    except (KeyError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
-        raise UserError(f"{path} is not a gru-bench checkpoint ({type(e).__name__}: {e})") from None
-    model = build_model(cfg.model.cell, cfg.model.impl, hidden, k=1, fast=cfg.model.fast)
-    model.load_state_dict(state)
-    return model.eval(), cfg
-
-
 def sample(
     run_dir: str | Path,
     steps: int = 200,
@@ -155,7 +133,7 @@ def sample(
     """Sample a piece from the run's model into `out` (MIDI) and `out` with suffix .png (piano roll)."""
     if steps < 1 or primer < 0:
         raise UserError(f"--steps {steps} / --primer {primer}: steps must be >= 1 and primer >= 0")
-    model, cfg = load_model(run_dir, which)
+    model, cfg = load_run(run_dir, which)
     rolls = data.load(cfg.dataset, cfg.data.route) if primer or cfg.dataset not in DATASETS else None
     start, source = pick_primer(rolls, primer, seed) if primer else (None, "")
     roll = generate(model, steps, temperature, start, seed)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from gru_bench import execute
+from gru_bench.config import NAME
 from gru_bench.errors import UserError
 from gru_bench.fsutil import write_json, write_text
 from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
@@ -45,9 +46,12 @@ def sample_lrs(
     Deterministic in `seed`; trial i does not depend on `trials`, so a longer search extends a shorter one.
     """
     lo, hi = log_lr_range
-    if trials < 1 or not lo < hi:
+    if trials < 1:
+        raise UserError(f"search: trials {trials}: must be at least 1")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise UserError(
-            f"search: need trials >= 1 and a range low < high, got trials={trials}, range={lo} {hi}"
+            f"search: log_lr_range {lo:g} {hi:g}: need finite low < high (ln of the lr), e.g. "
+            f"{LR_SEARCH_LOG_RANGE[0]:g} {LR_SEARCH_LOG_RANGE[1]:g}"
         )
     logs = np.random.default_rng(seed).uniform(lo, hi, size=trials)
     return [float(f"{math.exp(x):.4g}") for x in logs]
@@ -57,7 +61,8 @@ def override(key: str, value: Any) -> str:
     """`key=value` with the value in YAML, which is how `load_config` reads overrides (1e-05 -> 1.0e-05)."""
     import yaml
 
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True).removesuffix('...').strip()}"
+    text = yaml.safe_dump(value, default_flow_style=True).strip()  # a scalar ends "\n..." (document end)
+    return f"{key}={text.removesuffix('...').strip()}"
 
 
 @dataclass
@@ -160,6 +165,8 @@ def search(
     runner: execute.Runner = execute.train_task,
 ) -> dict[str, Any]:
     """Train every trial of a learning-rate search of `config` (finished trials are kept) and record it."""
+    if not NAME[0](name):
+        raise UserError(f"--name {name!r} names run dirs: use {NAME[1]}")
     config = Path(config)
     dataset, cell = execute.dataset_and_cell(config, overrides)
     s = Search(name, config, tuple(overrides), dataset, cell, trials, tuple(log_lr_range), seed)

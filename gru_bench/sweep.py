@@ -20,14 +20,12 @@ ones and retries failed ones (gru_bench.execute).
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gru_bench import execute, paper
+from gru_bench.config import NAME, read_yaml
 from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
 from gru_bench.search import LR_KEY, SEED_KEY, Search, override
@@ -84,10 +82,12 @@ def _search(raw: Any, where: str) -> dict[str, Any]:
         isinstance(lr_range, list)
         and len(lr_range) == 2
         and all(isinstance(x, (int, float)) for x in lr_range)
+        and lr_range[0] < lr_range[1]
     )
     if not (isinstance(trials, int) and trials >= 1 and isinstance(seed, int) and ok_range):
         raise UserError(
-            f"{where}: need trials: integer >= 1, seed: integer, log_lr_range: [low, high]; got {raw!r}"
+            f"{where}: need trials: integer >= 1, seed: integer, log_lr_range: [low, high], low < high; "
+            f"got {raw!r}"
         )
     return {"trials": trials, "log_lr_range": (float(lr_range[0]), float(lr_range[1])), "seed": seed}
 
@@ -95,20 +95,15 @@ def _search(raw: Any, where: str) -> dict[str, Any]:
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file (configs are checked later, when the runs are expanded)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"sweep file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path, f"sweep file {path}") or {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: must be a mapping with keys {', '.join(KEYS)}")
     unknown = set(raw) - set(KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key {sorted(unknown)[0]} (allowed: {', '.join(KEYS)})")
     name = str(raw.get("name") or path.stem)
-    if not re.fullmatch(r"[\w.+-]+", name):
-        raise UserError(f"{path}: name {name!r} names run dirs: use letters, digits, . _ + -")
+    if not NAME[0](name):
+        raise UserError(f"{path}: name {name!r} names run dirs: use {NAME[1]}")
     datasets = [
         d.key for x in _list(raw.get("datasets", "all"), f"{path}: datasets", str) for d in resolve_names(x)
     ]
@@ -125,6 +120,13 @@ def load_sweep(path: str | Path) -> Sweep:
             raise UserError(
                 f"{path}: {LR_KEY} is chosen by the search; remove it from grid/overrides or drop search"
             )
+    config = str(raw.get("config", Sweep.config))
+    try:
+        config.format(dataset="jsb", model="gru")
+    except (KeyError, IndexError, ValueError):
+        raise UserError(
+            f"{path}: config {config!r} may use only {{dataset}} and {{model}}, e.g. {Sweep.config}"
+        ) from None
     lockstep = raw.get("lockstep", 3)
     if not isinstance(lockstep, int) or lockstep < 1:
         raise UserError(f"{path}: lockstep must be an integer >= 1, got {lockstep!r}")
@@ -134,7 +136,7 @@ def load_sweep(path: str | Path) -> Sweep:
         datasets=list(dict.fromkeys(datasets)),
         models=models,
         seeds=_list(raw.get("seeds", [0]), f"{path}: seeds", int),
-        config=str(raw.get("config", Sweep.config)),
+        config=config,
         overrides=_dotted_map(raw.get("overrides") or {}, f"{path}: overrides"),
         grid=grid,
         search=search,
@@ -262,7 +264,7 @@ def run_sweep(
         workers=workers,
         backend=backend,
         address=address,
-        lockstep=lockstep or sweep.lockstep,
+        lockstep=sweep.lockstep if lockstep is None else lockstep,
         runner=runner,
         console=console,
     )

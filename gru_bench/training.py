@@ -76,55 +76,67 @@ def masked_nll(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, T
     logits, targets (K, B, T, 88); mask (K, B, T) bool. Model k is scored on its own slice, cut to its last
     unmasked step, so padding added for the other models of a stack never touches its arithmetic.
     """
-    sums, counts = [], []
-    for k in range(logits.shape[0]):
-        steps = mask[k].any(0).nonzero()
-        t = int(steps[-1]) + 1 if len(steps) else 0
+    # model k's last unmasked step + 1 (the mask of a sequence is a prefix), for all models in one op
+    ends = (mask.any(1) * torch.arange(1, mask.shape[2] + 1, device=mask.device)).amax(1).tolist()
+    sums = []
+    for k, t in enumerate(ends):
         # contiguous copies: torch's vectorised log/exp round differently from its scalar tail loop, so the
         # same frame must sit at the same place in memory as when model k trains alone
         lg, y, m = (a[k, :, :t].contiguous() for a in (logits, targets, mask))
         nll = F.binary_cross_entropy_with_logits(lg, y, reduction="none").sum(-1)
-        sums.append(torch.where(m, nll, torch.zeros_like(nll)).sum())
-        counts.append(m.sum())
-    return torch.stack(sums), torch.stack(counts)
+        sums.append(torch.where(m, nll, 0.0).sum())
+    return torch.stack(sums), mask.sum((1, 2))
 
 
-def pad(seqs: list[list[Tensor] | None], device: torch.device) -> tuple[Tensor, Tensor]:
+def pad(seqs: list[list[Tensor] | None], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Per model a batch of (T_i, 88) sequences (None: a stopped model) -> x (K, B, T, 88) zero-padded to the
-    longest sequence of all, and mask (K, B, T - 1) of the predicted frames (frame t + 1 exists)."""
+    longest sequence of all, mask (K, B, T - 1) of the predicted frames (frame t + 1 exists), and lengths
+    (K, B) = T_i - 1, the input steps the model must run (0 for padding and stopped models)."""
     b = max(len(s) for s in seqs if s is not None)
     t = max(len(x) for s in seqs if s is not None for x in s)
     x = torch.zeros(len(seqs), b, t, N_NOTES)
     mask = torch.zeros(len(seqs), b, t - 1, dtype=torch.bool)
+    lengths = torch.zeros(len(seqs), b, dtype=torch.long)
     for k, batch in enumerate(seqs):
         for i, s in enumerate(batch or ()):
             x[k, i, : len(s)] = s
             mask[k, i, : len(s) - 1] = True
-    return x.to(device), mask.to(device)
+            lengths[k, i] = len(s) - 1
+    return x.to(device), mask.to(device), lengths.to(device)
 
 
 @torch.no_grad()
-def split_nll(model: StackedModel, seqs: list[Tensor], batch_size: int, device: torch.device) -> list[float]:
+def split_nll(
+    model: StackedModel,
+    seqs: list[Tensor],
+    batch_size: int,
+    device: torch.device,
+    active: list[bool] | None = None,
+) -> list[float]:
     """NLL per predicted frame of every model of the stack on `seqs` (frame-weighted average, nats).
 
     Sequences are sorted by length and padded in big batches for speed; masking makes the result
-    independent of the batching.
+    independent of the batching, and passing the lengths lets the CPU kernels skip the padding. Models not
+    `active` (stopped) are not evaluated: NaN.
     """
     seqs = [x for x in seqs if len(x) > 1]  # a 1-frame sequence predicts nothing
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    on = torch.tensor([True] * model.k if active is None else active, device=device)
     total = np.zeros(model.k)
     frames = 0
     model.eval()
     for start in range(0, len(order), batch_size):
         batch = [seqs[i] for i in order[start : start + batch_size]]
-        x, mask = pad([batch], device)
+        x, mask, lengths = pad([batch], device)
         x = x.expand(model.k, -1, -1, -1).contiguous()
         mask = mask.expand(model.k, -1, -1)
-        s, n = masked_nll(model(x[:, :, :-1]), x[:, :, 1:], mask)
+        lengths = torch.where(on.view(-1, 1), lengths, 0)
+        s, n = masked_nll(model(x[:, :, :-1], lengths), x[:, :, 1:], mask)
         total += s.double().cpu().numpy()
         frames += int(n[0])
     model.train()
-    return (total / frames).tolist() if frames else [math.nan] * model.k
+    nll = total / frames if frames else np.full(model.k, math.nan)
+    return np.where(on.cpu().numpy(), nll, math.nan).tolist()
 
 
 # --- per-model bookkeeping --------------------------------------------------------------------------------
@@ -164,6 +176,7 @@ class _Run:
     message: str = ""
     test_nll: float | None = None
     metrics: list[dict] = field(default_factory=list)
+    skipped: int = 0  # updates skipped because the gradient was not finite (see _update)
     grad_sum: float = 0.0  # this epoch's gradient norms (not saved: epochs end with a checkpoint)
     epoch_updates: int = 0
 
@@ -178,7 +191,7 @@ class _Run:
 
     def load(self, state: dict) -> None:
         for key in _SAVED:
-            setattr(self, key, state[key])
+            setattr(self, key, state.get(key, getattr(self, key)))  # a checkpoint may predate a key
         for name, g in self.gens.items():
             g.set_state(state["rng"][name])
 
@@ -194,6 +207,7 @@ _SAVED = (
     "message",
     "test_nll",
     "metrics",
+    "skipped",
 )
 
 
@@ -321,6 +335,7 @@ def _summary(run: _Run, extra: dict) -> dict:
         "message": run.message,
         "epochs": run.epoch,
         "updates": run.updates,
+        "skipped_updates": run.skipped,
         "best_epoch": run.best_epoch,
         "best_valid_nll": run.best_valid if run.best_epoch else None,
         "train_nll": best["train_nll"] if best else None,
@@ -480,6 +495,10 @@ def _start_epoch(run: _Run, n: int) -> list[list[int]]:
     return [order[j : j + bs] for j in range(0, n, bs)]
 
 
+# Beyond this gradient norm, g^2 can overflow float32 (max ~3.4e38) in the RMSProp accumulator.
+MAX_GRAD_NORM = 1e18
+
+
 def _update(
     model: StackedModel,
     opt: StackedRMSProp,
@@ -489,30 +508,40 @@ def _update(
     console: Console,
 ) -> None:
     """One update of every active model: loss and gradient at noisy recurrent weights, step from the clean
-    ones. A model whose loss or gradient is not finite stops (`stopped_nan`) without taking the step."""
+    ones. A model whose loss is not finite stops (`stopped_nan`); one whose loss is finite but whose gradient
+    is not (BPTT through thousands of steps can overflow float32) skips this update only, counted in
+    `skipped_updates`: RMSProp would otherwise divide inf by inf, or freeze a weight whose g^2 overflowed."""
     active = [r.active for r in runs]
-    x, mask = pad(batch, device)
+    x, mask, lengths = pad(batch, device)  # a stopped model has no sequences: length 0, no compute
     recurrent = model.recurrent_weights()
     clean = _add_noise(recurrent, runs, [r.cfg.training.weight_noise for r in runs], device)
-    sums, counts = masked_nll(model(x[:, :, :-1]), x[:, :, 1:], mask)
+    sums, counts = masked_nll(model(x[:, :, :-1], lengths), x[:, :, 1:], mask)
     losses = sums / counts.clamp(min=1)
-    model.zero_grad(set_to_none=False)
+    # set_to_none: the new gradient is stored as is instead of added to zeros (x + 0 == x)
+    model.zero_grad(set_to_none=True)
     losses[torch.tensor(active, device=device)].sum().backward()
     with torch.no_grad():
         for w, c in zip(recurrent, clean, strict=True):
             w.copy_(c)
     gnorm = opt.grad_norms()
-    finite = (torch.isfinite(losses) & torch.isfinite(gnorm)).tolist()
+    loss_ok = torch.isfinite(losses).tolist()
+    grad_ok = (torch.isfinite(gnorm) & (gnorm < MAX_GRAD_NORM)).tolist()
+    step = list(active)
     for i, run in enumerate(runs):
-        if active[i] and not finite[i]:
-            run.status, active[i] = "stopped_nan", False
+        if not active[i]:
+            continue
+        if not loss_ok[i]:
+            run.status, step[i] = "stopped_nan", False
             run.message = (
-                f"non-finite loss or gradient in epoch {run.epoch}, update {run.epoch_updates + 1}; "
+                f"non-finite loss in epoch {run.epoch}, update {run.epoch_updates + 1}; "
                 f"kept the best model (epoch {run.best_epoch})"
             )
             console.print(f"[red]{run.dir}: {run.message}")
-    opt.step([lr_at(r.cfg, r.epoch) for r in runs], active, gnorm)
-    for run, a, g in zip(runs, active, gnorm.tolist(), strict=True):
+        elif not grad_ok[i]:
+            step[i] = False
+            run.skipped += 1
+    opt.step([lr_at(r.cfg, r.epoch) for r in runs], step, gnorm)
+    for run, a, g in zip(runs, step, gnorm.tolist(), strict=True):
         if a:
             run.updates += 1
             run.epoch_updates += 1
@@ -534,11 +563,9 @@ def _add_noise(
     clean = [w.detach().clone() for w in recurrent]
     with torch.no_grad():
         for w in recurrent:
-            noise = torch.zeros(w.shape)
             for i, run in enumerate(runs):
                 if run.active and std[i] > 0:
-                    noise[i] = torch.randn(w.shape[1:], generator=run.gens["noise"]) * std[i]
-            w.add_(noise.to(device))
+                    w[i].add_((torch.randn(w.shape[1:], generator=run.gens["noise"]) * std[i]).to(device))
     return clean
 
 
@@ -555,9 +582,9 @@ def _end_epoch(
 ) -> None:
     """Evaluate, record, early-stop and checkpoint every model that trained this epoch."""
     if any(r.active for r in runs):
-        batch = runs[0].cfg.training.eval_batch_size
-        train_nll = split_nll(model, seqs["train"], batch, device)
-        valid_nll = split_nll(model, seqs["valid"], batch, device)
+        batch, active = runs[0].cfg.training.eval_batch_size, [r.active for r in runs]
+        train_nll = split_nll(model, seqs["train"], batch, device, active)
+        valid_nll = split_nll(model, seqs["valid"], batch, device, active)
     for i, run in enumerate(runs):
         if not trained[i]:
             continue
@@ -613,23 +640,34 @@ def _best_nll(run: _Run, seqs: dict[str, list[Tensor]], split: str, device: torc
     """NLL of the run's best model on a split, computed by a model of its own (as if it had trained alone)."""
     if run.best_epoch is None or split not in seqs:
         return None
-    model = _build(run.cfg, 1)
-    model.load_state_dict(_load(run.dir / "best.pt")["model"])
-    return split_nll(model.to(device), seqs[split], run.cfg.training.eval_batch_size, device)[0]
+    model, cfg = load_run(run.dir, "best")
+    return split_nll(model.to(device), seqs[split], cfg.training.eval_batch_size, device)[0]
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Config]:
+    """A run's saved model (K=1, eval mode, CPU) from `best.pt` or `last.pt`, and its resolved config."""
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise UserError(f"--which must be best or last, got {which!r}")
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir}/config.yaml not found: {run_dir} is not a run folder (train it first)")
+    cfg = load_config(run_dir / "config.yaml")
+    path = run_dir / f"{which}.pt"
+    model = _build(cfg, 1)
+    try:
+        model.load_state_dict(_load(path)["model"])
+    except (KeyError, TypeError, RuntimeError) as e:  # another model's weights, or no "model" entry
+        raise UserError(f"{path} does not hold this run's model ({type(e).__name__}: {e})") from None
+    return model.eval(), cfg
 
 
 def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> float:
     """Recompute the NLL per frame of a saved model (`best.pt` or `last.pt`) on a split."""
-    run_dir = Path(run_dir)
-    if which not in ("best", "last"):
-        raise UserError(f"--which must be best or last, got {which!r}")
-    cfg = load_config(run_dir / "config.yaml")
+    model, cfg = load_run(run_dir, which)
     rolls = datasets.load(cfg.dataset, cfg.data.route)
     if split not in rolls.splits:
         raise UserError(f"split must be one of {', '.join(rolls.splits)}, got {split!r}")
     device = _device(cfg)
-    model = _build(cfg, 1)
-    model.load_state_dict(_load(run_dir / f"{which}.pt")["model"])
     seqs = [torch.from_numpy(x.astype(np.float32)) for x in rolls.splits[split]]
     return split_nll(model.to(device), seqs, cfg.training.eval_batch_size, device)[0]
 

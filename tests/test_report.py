@@ -7,9 +7,11 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 from typer.testing import CliRunner
 
 from gru_bench import paper
@@ -17,7 +19,8 @@ from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR, load_config
 from gru_bench.data.prepare import prepare
 from gru_bench.paths import raw_dir
-from gru_bench.report import build_report, collect_runs, compare
+from gru_bench.report import MANIFEST, build_report, collect_runs, compare, search_lines
+from gru_bench.search import Search
 from gru_bench.training import train_lockstep
 
 TINY = ["model.hidden=8", "training.max_epochs=2", "training.batch_size=64", "training.weight_noise=0"]
@@ -123,8 +126,9 @@ def test_left_out_runs_are_reported_with_the_reason(results: Path) -> None:
     assert "search" not in problems and "wide" not in problems  # finished: reported elsewhere
     (other,) = report.other_groups
     assert other.startswith("jsb/gru group") and "model.hidden: 12 (table: 8)" in other
-    (search,) = report.searches
+    (search,) = search_lines(report.searches)
     assert search.startswith("jsb/gru search 'search': 1 trial (1 finished")
+    assert search.endswith("no lr chosen (no search.json)")
     main = report.runs[report.runs["main"]]
     assert sorted(main["run"]) == sorted(f"seed{s}" for s in SEEDS for _ in paper.CELLS)
     assert {k: len(v) for k, v in report.curves.items()} == {("jsb", c): len(SEEDS) for c in paper.CELLS}
@@ -167,7 +171,8 @@ def test_compare_writes_tables_and_figures(results: Path, tmp_path: Path) -> Non
     out = compare(results, tmp_path / "report", configs_dir=None)
     names = {p.name for p in out.iterdir()}
     figures = {f"{stem}.{ext}" for stem in ("curves_jsb", "test_nll", "epoch_time") for ext in ("png", "svg")}
-    assert names == {"table2.md", "table2.csv", "runs.csv"} | figures
+    tables = {"table2.md", "table2.csv", "runs.csv", "pairwise.csv", "searches.csv"}
+    assert names == tables | figures | {MANIFEST}
     assert all((out / f).stat().st_size > 1000 for f in figures)
     table = pd.read_csv(out / "table2.csv")
     assert list(table["model"]) == [*paper.CELLS, "bernoulli"]
@@ -187,3 +192,89 @@ def test_cli_compare(results: Path, tmp_path: Path) -> None:
     assert "Table 2" in res.output and (tmp_path / "r" / "table2.md").exists()
     res = runner.invoke(app, ["compare", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "runs" in res.output and "Traceback" not in res.output
+
+
+def test_model_differences_match_a_paired_t_test_over_seeds(results: Path, tmp_path: Path) -> None:
+    out = compare(results, tmp_path / "report", configs_dir=None)
+    pw = pd.read_csv(out / "pairwise.csv")
+    md = (out / "table2.md").read_text()
+    assert "## Model differences (paired over seeds)" in md
+    nll = {c: np.array([x["test_nll"] for x in _summaries(results, c)]) for c in paper.CELLS}
+    pairs = [("tanh", "lstm"), ("tanh", "gru"), ("lstm", "gru")]
+    assert [(r.cell_a, r.cell_b) for r in pw.itertuples()] == pairs
+    for r, (a, b) in zip(pw.itertuples(), pairs, strict=True):
+        d = nll[a] - nll[b]
+        t = stats.ttest_rel(nll[a], nll[b])
+        spread = max(nll[a].std(ddof=1), nll[b].std(ddof=1))
+        assert r.n_paired == len(SEEDS) and r.mean_diff == pytest.approx(d.mean())
+        assert r.std_diff == pytest.approx(d.std(ddof=1)) and r.std_a == pytest.approx(nll[a].std(ddof=1))
+        assert (r.t, r.p) == (pytest.approx(t.statistic), pytest.approx(t.pvalue))
+        big, significant = abs(d.mean()) > spread, t.pvalue < 0.05
+        winner = a if d.mean() < 0 else b
+        expected = {
+            (True, True): f"{winner} better (difference > seed spread",
+            (True, False): f"{winner} lower by > seed spread, not significant",
+            (False, True): f"{winner} consistently lower, by < seed spread",
+            (False, False): "not distinguishable",
+        }[(big, significant)]
+        assert r.beyond_spread == big and r.verdict.startswith(expected)
+        assert f"| jsb | {a} − {b} | {d.mean():.3f} ± {d.std(ddof=1):.3f} | {len(SEEDS)} |" in md
+        assert f"| {t.pvalue:.2g} | {r.verdict} |" in md
+
+
+def test_a_repeated_seed_is_not_counted_twice(results: Path, tmp_path: Path) -> None:
+    shutil.copytree(results, tmp_path / "results")
+    _copy(tmp_path / "results" / "runs" / "jsb", "gru/seed1", "gru/seed1-again")
+    report = build_report(tmp_path / "results", configs_dir=None)
+    assert "jsb/gru/seed1-again: same settings and seed 1 as seed1" in report.problems
+    assert report.table.set_index("model").loc["gru", "n_runs"] == len(SEEDS)
+    assert list(report.pairwise["n_paired"]) == [len(SEEDS)] * 3
+
+
+def test_searches_show_the_chosen_lr_and_the_spread_of_trials(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial runs named and recorded as `gru-bench search` does it; one diverged trial."""
+    monkeypatch.setenv("GRU_BENCH_RESULTS", str(tmp_path / "results"))
+    shutil.copytree(results, tmp_path / "results")
+    s = Search("lrs", CONFIGS_DIR / "jsb" / "gru.yaml", tuple(TINY), "jsb", "gru", trials=3)
+    valid = [9.5, 8.25, 7.0]
+    for spec, v, status in zip(s.specs(), valid, ("complete", "complete", "stopped_nan"), strict=True):
+        trial = spec.info["search_trial"]
+        shutil.copytree(tmp_path / "results" / "runs" / "jsb" / "gru" / "seed1", spec.run_dir)
+        _edit(spec.run_dir, {"lr": trial["lr"], "best_valid_nll": v, "status": status, "search_trial": trial},
+              {"training.lr": trial["lr"]})  # fmt: skip
+    rec = s.write()
+    lrs = [spec.info["search_trial"]["lr"] for spec in s.specs()]
+    assert rec["chosen"]["lr"] == lrs[1]  # the diverged trial's lower valid NLL does not count
+    report = build_report(tmp_path / "results", configs_dir=None)
+    row = report.searches.set_index("search").loc["lrs"]
+    assert (row["trials"], row["finished"], row["diverged"]) == (3, 2, 1)
+    assert (row["valid_min"], row["valid_median"], row["valid_max"]) == (8.25, np.median(valid[:2]), 9.5)
+    assert (row["lr_min"], row["lr_max"]) == (min(lrs), max(lrs))
+    assert (row["chosen_lr"], row["chosen_valid_nll"], row["record"]) == (lrs[1], 8.25, "complete")
+    (line,) = [x for x in search_lines(report.searches) if "'lrs'" in x]
+    assert "min 8.250 (lr " in line and "median 8.875, max 9.500" in line
+    assert line.endswith(f"**chosen lr {lrs[1]:.3g}** (valid NLL 8.250)")
+    assert report.table.set_index("model").loc["gru", "n_runs"] == len(SEEDS)  # trials stay out
+
+
+def test_compare_removes_only_its_own_stale_files(results: Path, tmp_path: Path) -> None:
+    """A dataset whose runs are gone loses its curves; files compare did not write stay."""
+    shutil.copytree(results, tmp_path / "results")
+    runs = tmp_path / "results" / "runs"
+    other = runs / "nottingham" / "gru" / "seed1"
+    shutil.copytree(runs / "jsb" / "gru" / "seed1", other)
+    _edit(other, {"dataset": "nottingham"})
+    c = yaml.safe_load((other / "config.yaml").read_text())
+    (other / "config.yaml").write_text(yaml.safe_dump(c | {"dataset": "nottingham"}))
+    out = compare(tmp_path / "results", tmp_path / "report", configs_dir=None)
+    assert (out / "curves_nottingham.png").exists()
+    mine = [out / "notes.txt", out / "curves_mine.png"]
+    for p in mine:
+        p.write_text("mine")
+    shutil.rmtree(runs / "nottingham")
+    compare(tmp_path / "results", out, configs_dir=None)
+    assert not (out / "curves_nottingham.png").exists() and not (out / "curves_nottingham.svg").exists()
+    assert all(p.read_text() == "mine" for p in mine) and (out / "curves_jsb.png").exists()
+    assert "nottingham" not in json.loads((out / MANIFEST).read_text())

@@ -18,8 +18,8 @@ from gru_bench.data.prepare import prepare
 from gru_bench.errors import UserError
 from gru_bench.models import build_model
 from gru_bench.paths import raw_dir
-from gru_bench.sample import SECONDS_PER_FRAME, generate, load_model, pick_primer, roll_to_midi, sample
-from gru_bench.training import train
+from gru_bench.sample import SECONDS_PER_FRAME, generate, pick_primer, roll_to_midi, sample
+from gru_bench.training import load_run, train
 
 TINY = ["model.hidden=8", "training.max_epochs=1", "training.batch_size=64", "training.weight_noise=0"]
 
@@ -106,7 +106,7 @@ def test_sample_writes_midi_and_png_of_the_sampled_roll(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
     # the same roll, recomputed: the seeded primer (the start of a test chorale), then the seeded draws
-    model, _ = load_model(run_dir, "best")
+    model, _ = load_run(run_dir, "best")
     primer, name = pick_primer(load_rolls("jsb"), 16, seed=5)
     assert primer.shape == (16, 88) and name
     expected = generate(model, 48, primer=primer, seed=5)

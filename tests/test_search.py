@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from fake_runners import DIVERGE_ABOVE, calls, fake_train, valid_nll
 from scipy import stats
 from typer.testing import CliRunner
@@ -16,15 +14,7 @@ from typer.testing import CliRunner
 from gru_bench import sweep
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
-from gru_bench.paths import raw_dir
 from gru_bench.search import CSV_COLUMNS, sample_lrs, search
-
-
-@pytest.fixture
-def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GRU_BENCH_RESULTS", str(tmp_path / "results"))
-    (tmp_path / "results").mkdir()
-    return tmp_path / "results"
 
 
 def test_learning_rates_are_log_uniform_in_range_and_deterministic() -> None:
@@ -91,16 +81,6 @@ def test_search_sweep_trains_the_seeds_at_the_chosen_lr(tmp_path: Path, results:
         == best
     )
     assert {what for _, what in sweep.preview(path)} == {"skip (complete)", "skip (diverged)"}
-
-
-@pytest.fixture
-def jsb_data(data_home: Path, shared_datasets: Path) -> Path:
-    from gru_bench.data.prepare import prepare
-
-    raw_dir("jsb").mkdir(parents=True)
-    shutil.copy(shared_datasets / "mat" / "JSB_Chorales.mat", raw_dir("jsb"))
-    prepare("jsb", echo=lambda _: None)
-    return data_home
 
 
 def test_cli_search_trains_real_tiny_trials(results: Path, jsb_data: Path) -> None:

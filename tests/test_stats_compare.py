@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from gru_bench.errors import UserError
-from gru_bench.stats_compare import COLUMNS, pairwise_comparison
+from gru_bench.stats_compare import COLUMNS, pairwise_comparison, verdict
 
 NLL = {  # dataset -> cell -> test NLL per seed 0, 1, 2
     "jsb": {"tanh": [8.9, 9.1, 9.0], "lstm": [8.7, 8.8, 8.75], "gru": [8.5, 8.62, 8.61]},
@@ -47,9 +47,12 @@ def test_pairwise_matches_a_direct_computation() -> None:
         assert r.mean_diff == pytest.approx(diff.mean()) and r.std_diff == pytest.approx(diff.std(ddof=1))
         assert (r.t, r.p) == (pytest.approx(t.statistic), pytest.approx(t.pvalue))
         assert r.beyond_spread == (abs(diff.mean()) > max(np.std(a_all, ddof=1), np.std(b, ddof=1)))
+        assert r.verdict == verdict(r.cell_a, r.cell_b, 3, diff.mean(), t.pvalue, r.beyond_spread)
     by_pair = {(r.dataset, r.cell_a, r.cell_b): r for r in out.itertuples()}
     assert by_pair[("jsb", "tanh", "gru")].beyond_spread is True
     assert by_pair[("nottingham", "lstm", "gru")].beyond_spread is False
+    assert by_pair[("jsb", "tanh", "gru")].verdict == "gru better (difference > seed spread, p < 0.05)"
+    assert by_pair[("nottingham", "lstm", "gru")].verdict == "not distinguishable"
 
 
 def test_single_seed_has_no_spread_and_no_test() -> None:
@@ -65,3 +68,24 @@ def test_two_runs_of_one_seed_are_refused() -> None:
     twice = pd.concat([runs(), runs().iloc[:1]])
     with pytest.raises(UserError, match="several runs for dataset jsb, cell tanh, seed 0"):
         pairwise_comparison(twice)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "words"),
+    [
+        ([9.0, 9.1, 9.3], [8.0, 8.1, 8.2], "b better (difference > seed spread, p < 0.05)"),
+        ([8.0, 9.0, 10.0], [8.5, 9.45, 10.55], "a consistently lower, by < seed spread (p="),  # seed shift
+        ([8.0, 9.0, 8.0], [9.0, 8.0, 7.0], "not distinguishable"),
+        ([8.0, 8.2], [9.0, 8.4], "a lower by > seed spread, not significant (p="),
+        ([8.0], [9.0], "cannot tell (needs 2+ paired seeds)"),
+    ],
+)
+def test_verdict_needs_both_a_gap_beyond_the_seed_spread_and_a_significant_paired_test(
+    a: list[float], b: list[float], words: str
+) -> None:
+    rows = [{"dataset": "d", "cell": c, "seed": s, "test_nll": x}
+            for c, xs in (("a", a), ("b", b)) for s, x in enumerate(xs)]  # fmt: skip
+    r = pairwise_comparison(pd.DataFrame(rows)).iloc[0]
+    assert r.verdict.startswith(words)
+    if words.endswith("(p="):
+        assert r.verdict.endswith(f"(p={stats.ttest_rel(a, b).pvalue:.2g})")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,14 +23,6 @@ from gru_bench import execute, sweep
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
 from gru_bench.errors import UserError
-from gru_bench.paths import raw_dir
-
-
-@pytest.fixture
-def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GRU_BENCH_RESULTS", str(tmp_path / "results"))
-    (tmp_path / "results").mkdir()
-    return tmp_path / "results"
 
 
 def write_sweep(tmp_path: Path, **keys) -> Path:
@@ -204,16 +195,6 @@ def test_ray_backend_on_a_local_instance(
         summary = json.loads((runs / name / "summary.json").read_text())
         assert summary["status"] == "complete" and summary["sweep"] == "t"
         assert (runs / name / "config.yaml").read_text() == "fake\n"
-
-
-@pytest.fixture
-def jsb_data(data_home: Path, shared_datasets: Path) -> Path:
-    from gru_bench.data.prepare import prepare
-
-    raw_dir("jsb").mkdir(parents=True)
-    shutil.copy(shared_datasets / "mat" / "JSB_Chorales.mat", raw_dir("jsb"))
-    prepare("jsb", echo=lambda _: None)
-    return data_home
 
 
 def interrupted_train(task: execute.Task) -> None:

@@ -16,7 +16,7 @@ from gru_bench.config import CONFIGS_DIR, load_config
 from gru_bench.data import PianoRolls, processed_path
 from gru_bench.errors import UserError
 from gru_bench.models import StackedModel, build_model
-from gru_bench.optim import StackedRMSProp
+from gru_bench.optim import StackedRMSProp, per_model_norm
 from gru_bench.training import evaluate, lr_at, masked_nll, split_nll, train, train_lockstep
 
 TINY = ["model.hidden=6", "training.eval_batch_size=5", "training.max_epochs=4", "training.patience=null"]
@@ -82,6 +82,8 @@ def test_split_nll_does_not_depend_on_padding():
     padded = split_nll(model, seqs, 16, torch.device("cpu"))
     np.testing.assert_allclose(one, padded, rtol=1e-6)
     assert one[0] != one[1]  # two different models
+    frozen = split_nll(model, seqs, 16, torch.device("cpu"), active=[False, True])
+    assert np.isnan(frozen[0]) and frozen[1] == padded[1]  # a stopped model is not evaluated
 
 
 # --- optimizer and schedule -------------------------------------------------------------------------------
@@ -113,6 +115,52 @@ def test_rmsprop_update_equations():
     np.testing.assert_allclose(p.detach().numpy(), w, rtol=1e-5, atol=1e-6)
     assert np.linalg.norm(v[1]) == pytest.approx(0.3)  # model 1's steps were clipped
     assert torch.equal(p[2].detach(), torch.from_numpy(w0[2]))  # frozen model untouched
+
+
+@pytest.mark.parametrize("clip", ["update", "grad"])
+def test_rmsprop_on_a_stack_is_bit_identical_to_each_model_alone(clip: str):
+    """The flat in-place update of K models: model k's weights, state and norms equal a K=1 optimizer's."""
+    rng = np.random.default_rng(4)
+    shapes = [(3, 88, 21), (3, 7, 21), (3, 21), (3, 7, 88), (3, 88)]
+    w0 = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    hp = {"momentum": [0.9, 0.5, 0.8], "rms_decay": [0.95, 0.9, 0.99], "eps": [1e-6, 1e-4, 1e-6]}
+    hp |= {"clip_norm": [1.0, 0.05, 3.0]}
+    lr = [1e-3, 0.3, 0.01]
+
+    def optimizer(ks: list[int]) -> tuple[list[torch.nn.Parameter], StackedRMSProp]:
+        ps = [torch.nn.Parameter(torch.from_numpy(w[ks].copy())) for w in w0]
+        return ps, StackedRMSProp(ps, clip=clip, **{key: [v[k] for k in ks] for key, v in hp.items()})
+
+    stack, opt = optimizer([0, 1, 2])
+    alone = [optimizer([k]) for k in range(3)]
+    for _ in range(3):
+        grads = [rng.normal(size=s).astype(np.float32) * 10 for s in shapes]
+        for i, p in enumerate(stack):
+            p.grad = torch.from_numpy(grads[i].copy())
+        norms = opt.grad_norms()
+        opt.step(lr, [True] * 3, norms)
+        for k, (ps, o) in enumerate(alone):
+            for i, p in enumerate(ps):
+                p.grad = torch.from_numpy(grads[i][k : k + 1].copy())
+            assert torch.equal(o.grad_norms(), norms[k : k + 1])
+            o.step(lr[k : k + 1], [True])
+    for k, (ps, o) in enumerate(alone):
+        for a, b in zip(ps, stack, strict=True):
+            assert torch.equal(a[0], b[k])
+        for key in ("n", "v"):
+            pairs = zip(o.state_of(0)[key], opt.state_of(k)[key], strict=True)
+            assert all(torch.equal(a, b) for a, b in pairs)
+    step_norm = np.linalg.norm(np.concatenate([v.numpy().ravel() for v in opt.state_of(1)["v"]]))
+    if clip == "update":  # model 1's steps were clipped (the others' too, to their larger limits, or not)
+        assert step_norm == pytest.approx(0.05)
+
+
+def test_per_model_norm_equals_the_norm_of_each_slice():
+    g = torch.Generator().manual_seed(5)
+    ts = [torch.randn(4, *s, generator=g) * 3 for s in [(88, 138), (46, 138), (138,), (46, 88), (88,)]]
+    norm = torch.linalg.vector_norm
+    want = torch.stack([norm(torch.stack([norm(t[i]) for t in ts])) for i in range(4)])
+    assert torch.equal(per_model_norm(ts), want)
 
 
 def test_grad_clipping_rescales_the_gradient():
@@ -248,12 +296,38 @@ def test_early_stopping_freezes_one_model_of_a_stack(tmp_path: Path, tiny_jsb: P
     assert len((tmp_path / "a" / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
+def test_updates_pass_each_models_lengths_and_skip_stopped_models(
+    tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Padding across the stack costs nothing: the kernels get every sequence's length, 0 once stopped."""
+    real_forward = StackedModel.forward
+    seen = []
+
+    def record(self, x, lengths=None):
+        if self.training:
+            seen.append(lengths.clone())
+        return real_forward(self, x, lengths)
+
+    monkeypatch.setattr(StackedModel, "forward", record)
+    cfgs = [
+        _cfg(tmp_path, "training.max_epochs=1"),
+        _cfg(tmp_path, "training.seed=2", "training.max_epochs=2"),
+    ]
+    train_lockstep(cfgs, [tmp_path / "a", tmp_path / "b"], quiet=True)
+    train_lens = sorted(len(x) - 1 for x in PianoRolls.load(tiny_jsb).splits["train"])
+    assert len(seen) == 20 and all(s.shape == (2, 1) for s in seen)
+    assert sorted(int(s[0, 0]) for s in seen[:10]) == train_lens  # epoch 1: both models, own lengths
+    assert sorted(int(s[1, 0]) for s in seen[:10]) == train_lens
+    assert [int(s[1, 0]) for s in seen[:10]] != [int(s[0, 0]) for s in seen[:10]]  # own data orders
+    assert all(int(s[0, 0]) == 0 for s in seen[10:])  # model 0 stopped after epoch 1: no compute
+
+
 def test_nan_stops_the_run_and_keeps_the_best_model(tmp_path: Path, tiny_jsb: Path, monkeypatch):
     real_forward = StackedModel.forward
     calls = {"train": 0}
 
-    def diverge_in_epoch_2(self, x):
-        out = real_forward(self, x)
+    def diverge_in_epoch_2(self, x, lengths=None):
+        out = real_forward(self, x, lengths)
         if self.training:
             calls["train"] += 1
             if calls["train"] > 13:  # epoch 1 has 10 updates
@@ -265,6 +339,50 @@ def test_nan_stops_the_run_and_keeps_the_best_model(tmp_path: Path, tiny_jsb: Pa
     assert summary["status"] == "stopped_nan" and "non-finite" in summary["message"]
     assert summary["best_epoch"] == 1 and np.isfinite(summary["test_nll"])
     assert all(torch.isfinite(w).all() for w in _weights(tmp_path / "nan").values())
+
+
+def test_non_finite_gradient_skips_the_update_but_a_finite_loss_keeps_training(
+    tmp_path: Path, tiny_jsb: Path, monkeypatch
+):
+    """An overflowing BPTT gradient (finite loss) costs one update of that model only, not the run."""
+    real_forward = StackedModel.forward
+    calls = {"train": 0}
+
+    def blow_up_model_1_once(self, x, lengths=None):
+        out = real_forward(self, x, lengths)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 3:  # third update: model 1's gradient becomes inf, its loss stays finite
+                scale = torch.ones(out.shape[0], 1, 1, 1)
+                scale[1] = float("inf")
+                out.register_hook(lambda g: g * scale)
+        return out
+
+    monkeypatch.setattr(StackedModel, "forward", blow_up_model_1_once)
+    cfgs = [
+        _cfg(tmp_path, "training.max_epochs=1"),
+        _cfg(tmp_path, "training.seed=2", "training.max_epochs=1"),
+    ]
+    a, b = train_lockstep(cfgs, [tmp_path / "a", tmp_path / "b"], quiet=True)
+    assert a["status"] == b["status"] == "complete"
+    assert (a["skipped_updates"], b["skipped_updates"]) == (0, 1)
+    assert (a["updates"], b["updates"]) == (10, 9)
+    assert all(torch.isfinite(w).all() for w in _weights(tmp_path / "b").values())
+
+
+def test_load_run_rejects_what_is_not_a_run(tmp_path: Path, tiny_jsb: Path):
+    with pytest.raises(UserError, match="not a run folder"):
+        training.load_run(tmp_path)
+    run = tmp_path / "run"
+    train(_cfg(tmp_path, "training.max_epochs=1"), run, quiet=True)
+    with pytest.raises(UserError, match="best or last"):
+        training.load_run(run, "worst")
+    torch.save({"model": _weights(run, "best") | {"V": torch.zeros(1, 3, 88)}}, run / "best.pt")
+    with pytest.raises(UserError, match="best.pt does not hold"):
+        training.load_run(run)
+    model, cfg = training.load_run(run, "last")
+    assert not model.training and model.hidden == 6
+    assert cfg.to_dict() == load_config(run / "config.yaml").to_dict()
 
 
 def test_weight_noise_restores_clean_weights():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.registry import DATASETS, SPLITS, Dataset, get_dataset
+from gru_bench.errors import UserError
 from gru_bench.paths import processed_dir
 
 ROUTES = ("reference", "midi")
@@ -20,7 +21,13 @@ def processed_path(name: str, route: str = "reference") -> Path:
 
 def load(name: str, route: str = "reference") -> PianoRolls:
     """Prepared piano rolls of a dataset; a clear error says which `prepare` command is missing."""
-    return PianoRolls.load(processed_path(name, route))
+    path = processed_path(name, route)
+    if not path.is_file():
+        raise UserError(
+            f"{name} ({route} route) is not prepared, {path} is missing: run "
+            f"'gru-bench data prepare {name}{' --from-midi' if route == 'midi' else ''}'"
+        )
+    return PianoRolls.load(path)
 
 
 __all__ = ["DATASETS", "ROUTES", "SPLITS", "Dataset", "PianoRolls", "get_dataset", "load", "processed_path"]

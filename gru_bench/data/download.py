@@ -36,7 +36,7 @@ from rich.table import Table
 from gru_bench import __version__
 from gru_bench.data.registry import DataFile, resolve_names
 from gru_bench.errors import UserError
-from gru_bench.fsutil import atomic_write
+from gru_bench.fsutil import atomic_write, sha256_file
 from gru_bench.paths import data_dir, raw_dir
 
 RETRIES = 3  # extra attempts per URL after a transient failure (dropped connection, 5xx, read timeout)
@@ -66,14 +66,6 @@ class Outcome:
     verified: bool = True
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(
     name: str, source: str | None = None, allow_unknown_hash: bool = False, dest: Path | None = None
 ) -> list[Path]:
@@ -85,7 +77,8 @@ def download(
     root = Path(dest) if dest else data_dir() / "raw"
     err = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:  # the summary table replaces the bars
+    # the summary table replaces the bars; off a terminal they would only leave a blank line
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         fetcher = _Fetcher(progress, _Source.parse(source), allow_unknown_hash)
         outcomes = [
             fetcher.get(f, (root if dest else raw_dir(d.key)) / f.filename)

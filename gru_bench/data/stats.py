@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from gru_bench.data import processed_path
+from gru_bench.data import load, processed_path
 from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.registry import LOWEST_PITCH, N_NOTES, get_dataset
 from gru_bench.errors import UserError
@@ -125,10 +125,4 @@ def info(name: str, from_midi: bool = False) -> Table:
         key, route = name, "midi"
         if not processed_path(name, route).is_file():
             raise UserError(f"{e}, or the name of a folder prepared with --from-midi") from None
-    path = processed_path(key, route)
-    if not path.is_file():
-        raise UserError(
-            f"{key} ({route} route) is not prepared, {path} is missing: run "
-            f"'gru-bench data prepare {key}{' --from-midi' if route == 'midi' else ''}'"
-        )
-    return info_table(PianoRolls.load(path))
+    return info_table(load(key, route))
