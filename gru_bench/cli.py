@@ -183,14 +183,14 @@ def evaluate_cmd(
 @friendly
 def compare_cmd(
     results: Path | None = typer.Argument(
-        None, help="Folder holding runs/, as written by train/sweep [default: $GRU_BENCH_RESULTS or results]."
+        None, help="Folder holding runs/, as written by train/sweep (default: $GRU_BENCH_RESULTS or results)."
     ),
-    out: Path | None = typer.Option(None, help="Where the report goes [default: RESULTS/report]."),
+    out: Path | None = typer.Option(None, help="Where the report goes (default: RESULTS/report)."),
     configs: Path | None = typer.Option(
         None,
         help="Folder of cell configs: a cell's table group is its runs "
         "matching <dataset>/<cell>.yaml there (else its largest group) "
-        "[default: the repository's configs/].",
+        "(default: the repository's configs/).",
     ),
 ) -> None:
     """Table 2 beside the paper (mean ± std over seeds), learning-curve figures, and every left-out run."""

@@ -389,6 +389,11 @@ def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
 
 def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFIGS_DIR) -> Report:
     """Read, group and tabulate every run (no files written). configs_dir None: each cell's largest group."""
+    if configs_dir is not None and not Path(configs_dir).is_dir():  # else every cell silently falls back
+        raise UserError(
+            f"--configs {configs_dir} is not a folder: give the folder of <dataset>/<cell>.yaml cell configs "
+            "(default: the repository's configs/)"
+        )
     runs = collect_runs(results_dir)
     if runs.empty:
         raise UserError(f"no runs under {Path(results_dir) / 'runs'}: train first (gru-bench train or sweep)")

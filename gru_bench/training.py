@@ -11,12 +11,17 @@ generators seeded from its own seed only, and all of its arithmetic runs on its 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
 import platform
+import socket
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +41,7 @@ from torch import Tensor
 
 import gru_bench
 from gru_bench import data as datasets
-from gru_bench.config import Config, config_hash, dump, load_config, run_name
+from gru_bench.config import Config, config_hash, dump, load_config, parse_override, run_name
 from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
 from gru_bench.errors import UserError
@@ -44,6 +49,11 @@ from gru_bench.fsutil import atomic_write, write_json, write_text
 from gru_bench.models import StackedModel, build_model, hidden_for_budget
 from gru_bench.optim import StackedRMSProp
 from gru_bench.paths import results_dir
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs train unlocked (see run_lock)
+    fcntl = None
 
 METRICS = ("epoch", "updates", "seconds", "lr", "train_nll", "valid_nll", "grad_norm")
 # Fields that may differ between the models of one lockstep stack (everything else defines the stack).
@@ -64,6 +74,8 @@ PER_MODEL = {
     "run.out_dir",
 }
 STREAMS = ("init", "noise", "shuffle")
+# What `train --resume` may change: the machine, not the experiment (keys config_hash ignores).
+RESUME_KEYS = ("training.device", "training.threads", "training.eval_batch_size", "model.fast")
 
 
 # --- the loss ---------------------------------------------------------------------------------------------
@@ -225,11 +237,15 @@ def _build(cfg: Config, k: int) -> StackedModel:
     return build_model(cfg.model.cell, cfg.model.impl, _hidden(cfg), k=k, fast=cfg.model.fast)
 
 
-def _device(cfg: Config) -> torch.device:
-    want = cfg.training.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{cfg.source}: training.device is cuda but torch sees no GPU; use auto or cpu")
-    return torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu")
+def _device(cfg: Config, strict: bool = True) -> torch.device:
+    """training.device; not `strict` (evaluation): a run trained on a GPU is scored on the CPU if need be."""
+    want, gpu = cfg.training.device, torch.cuda.is_available()
+    if want == "cuda" and not gpu and strict:
+        raise UserError(
+            f"training.device is cuda (from --device, --set or {cfg.source}) but torch sees no GPU: "
+            "use --device cpu (or auto)"
+        )
+    return torch.device("cuda" if want != "cpu" and gpu else "cpu")
 
 
 def _model_state(model: StackedModel, i: int) -> dict[str, Tensor]:
@@ -250,11 +266,30 @@ def _save(path: Path, obj: dict) -> None:
 
 def _load(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
-    except Exception as e:  # a truncated or foreign file
-        raise UserError(f"{path} is not a gru-bench checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a truncated or foreign file; torch's own text runs to several sentences
+        why = str(e).strip().split("\n")[0].split(". ")[0][:100] or type(e).__name__
+        raise UserError(
+            f"{path} is damaged or not a gru-bench checkpoint ({why}): restore it, or train the run again"
+        ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a gru-bench checkpoint (it holds a {type(state).__name__})")
+    return state
+
+
+def _mismatch(want: dict[str, Tensor], got: dict) -> str:
+    """How a checkpoint's weights differ from a model's, briefly (torch's text gives a line per tensor)."""
+    diffs = [f"no {k}" for k in want if k not in got] + [f"an extra {k}" for k in got if k not in want]
+    for k, v in want.items():
+        if k in got and not isinstance(got[k], Tensor):
+            diffs.append(f"{k} as a {type(got[k]).__name__}")
+        elif k in got and got[k].shape != v.shape:
+            diffs.append(f"{k} of shape {tuple(got[k].shape)}, not {tuple(v.shape)}")
+    return ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
 
 
 # --- training ---------------------------------------------------------------------------------------------
@@ -295,7 +330,13 @@ def _prepare_dir(run: _Run, resume: bool) -> dict | None:
             )
         return _load(last) if last.exists() else None
     if last.exists() or summary.exists():
-        status = json.loads(summary.read_text()).get("status") if summary.exists() else "running"
+        saved = _saved_summary(run.dir)
+        if saved is None and summary.exists():
+            raise UserError(
+                f"{summary} is damaged (not a JSON object): 'gru-bench train --resume {run.dir}' continues "
+                "the run (from last.pt, if any) and rewrites it; or train a new one with another --name"
+            )
+        status = (saved or {}).get("status", "running")
         if status == "running":
             raise UserError(
                 f"{run.dir} holds an unfinished run; continue it with 'gru-bench train --resume "
@@ -306,6 +347,89 @@ def _prepare_dir(run: _Run, resume: bool) -> dict | None:
             "another --name or seed"
         )
     return None
+
+
+def _saved_summary(run_dir: Path) -> dict | None:
+    """A run dir's summary.json; None if it is missing or damaged (atomic writes never leave it half-done,
+    but a disk error or an editor can)."""
+    try:
+        saved = json.loads((run_dir / "summary.json").read_text())
+    except (FileNotFoundError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+# --- one writer per run dir -------------------------------------------------------------------------------
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, console: Console) -> Iterator[None]:
+    """Hold `run_dir/.lock` while training writes the folder, so that a second `train` or `--resume` of it is
+    refused instead of both writing it.
+
+    The lock is an flock on the file, not the file itself: the OS drops it when its process dies however it
+    dies (kill -9, a sweep stopping its workers), so a file left behind is stale and simply taken over. The
+    file names the holder (PID and host) for the error message. A folder created here and still empty at the
+    end (training refused to start) is removed again.
+    """
+    created = not run_dir.exists()
+    path = run_dir / LOCK
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, run_dir, console)
+    except OSError as e:
+        raise UserError(
+            f"cannot write {path} ({e.strerror or e}): give another run folder, or fix its permissions"
+        ) from None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # before the lock is released: a waiting process then locks a fresh file
+            os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if empty
+
+
+def _acquire(path: Path, run_dir: Path, console: Console) -> int | None:
+    """The locked file descriptor of `path` (None where the filesystem cannot lock: warned, not refused)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is None:
+                raise OSError("no fcntl on this system")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"{run_dir} is being trained by {holder}: wait for it to finish, or stop it and then "
+                f"'gru-bench train --resume {run_dir}'"
+            ) from None
+        except OSError as e:  # e.g. a network filesystem without locks
+            os.close(fd)
+            path.unlink()
+            console.print(
+                f"[yellow]cannot lock {path} ({e.strerror or e}); make sure no other training uses it"
+            )
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and lock: lock the new one
+    stale = os.read(fd, 200).decode(errors="replace").strip()
+    if stale:
+        console.print(f"[yellow]{path}: taking over the lock of {stale}, which ended without removing it")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
 
 
 def _write_outputs(run: _Run, extra: dict) -> None:
@@ -403,7 +527,15 @@ def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: boo
             "lockstep: give one distinct run dir per config (two configs resolve to the same run name; "
             "set different seeds or run.name)"
         )
-    runs = [_Run(c, Path(d), _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
+    with contextlib.ExitStack() as locks:
+        for d in dirs:
+            locks.enter_context(run_lock(Path(d), console))
+        return _train_locked(cfgs, [Path(d) for d in dirs], resume, console)
+
+
+def _train_locked(cfgs: list[Config], dirs: list[Path], resume: bool, console: Console) -> list[dict]:
+    quiet = console.quiet
+    runs = [_Run(c, d, _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
     states = [_prepare_dir(r, resume) for r in runs]
     cfg, k = cfgs[0], len(cfgs)
     device = _device(cfg)
@@ -440,9 +572,11 @@ def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: boo
         "device": str(device),
         "k": k,
     }
-    for run in (r for r in runs if r.active):
-        write_text(run.dir / "config.yaml", dump(run.cfg))
-        _write_outputs(run, extra)
+    for run in runs:
+        if run.active:
+            write_text(run.dir / "config.yaml", dump(run.cfg))
+        if run.active or _saved_summary(run.dir) is None:  # a finished run's damaged summary is rewritten
+            _write_outputs(run, extra)
     if not any(r.active for r in runs):
         console.print("already finished: " + ", ".join(f"{r.dir} ({r.status})" for r in runs))
         return [_summary(r, extra) for r in runs]
@@ -649,16 +783,39 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Co
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
         raise UserError(f"--which must be best or last, got {which!r}")
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir}/config.yaml not found: {run_dir} is not a run folder (train it first)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = run_config(run_dir)
     path = run_dir / f"{which}.pt"
+    if not path.exists() and (run_dir / "last.pt").exists():  # every epoch saves last.pt, best.pt if finite
+        raise UserError(
+            f"{path} not found: no epoch of {run_dir} reached a finite valid NLL; try --which last"
+        )
+    if not path.exists():
+        raise UserError(
+            f"{path} not found: {run_dir} has not finished an epoch yet; continue it with "
+            f"'gru-bench train --resume {run_dir}'"
+        )
     model = _build(cfg, 1)
-    try:
-        model.load_state_dict(_load(path)["model"])
-    except (KeyError, TypeError, RuntimeError) as e:  # another model's weights, or no "model" entry
-        raise UserError(f"{path} does not hold this run's model ({type(e).__name__}: {e})") from None
+    weights = _load(path).get("model")
+    if not isinstance(weights, dict):
+        raise UserError(f"{path} holds no model weights: not a gru-bench checkpoint of {run_dir}")
+    diff = _mismatch(model.state_dict(), weights)
+    if diff:
+        raise UserError(
+            f"{path} does not match {run_dir / 'config.yaml'} ({cfg.model.cell}, hidden {model.hidden}): "
+            f"the checkpoint has {diff}; was the config edited after training? restore it"
+        )
+    model.load_state_dict(weights)
     return model.eval(), cfg
+
+
+def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
+    """The resolved config a run dir was trained with (`overrides`: see RESUME_KEYS)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(
+            f"{run_dir} is not a run folder (no config.yaml): give a folder that 'gru-bench train' wrote, "
+            "e.g. results/runs/jsb/gru/seed1"
+        )
+    return load_config(run_dir / "config.yaml", overrides)
 
 
 def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> float:
@@ -666,8 +823,8 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> f
     model, cfg = load_run(run_dir, which)
     rolls = datasets.load(cfg.dataset, cfg.data.route)
     if split not in rolls.splits:
-        raise UserError(f"split must be one of {', '.join(rolls.splits)}, got {split!r}")
-    device = _device(cfg)
+        raise UserError(f"--split must be one of {', '.join(rolls.splits)}, got {split!r}")
+    device = _device(cfg, strict=False)
     seqs = [torch.from_numpy(x.astype(np.float32)) for x in rolls.splits[split]]
     return split_nll(model.to(device), seqs, cfg.training.eval_batch_size, device)[0]
 
@@ -679,14 +836,19 @@ def train_command(
     resume: list[Path] = (),
     quiet: bool = False,
 ) -> list[dict]:
-    """`gru-bench train`: one config (several `seeds` train in lockstep), or `resume` run dirs (one stack)."""
+    """`gru-bench train`: one config (several `seeds` train in lockstep), or `resume` run dirs (one stack).
+
+    A resumed run keeps its saved config; only keys of the machine, not of the experiment (--device, ...),
+    may change."""
     if resume:
-        if config is not None or overrides or seeds:
+        changed = sorted({parse_override(o)[0] for o in overrides} - set(RESUME_KEYS))
+        extra = ["CONFIG"] * (config is not None) + ["--seeds"] * bool(seeds) + changed
+        if extra:
             raise UserError(
-                "--resume continues a run with the config saved in its folder; give no CONFIG, "
-                "--set or other options with it"
+                f"--resume continues a run with the config saved in its folder: leave out {', '.join(extra)} "
+                f"(only {', '.join(RESUME_KEYS)} may change)"
             )
-        cfgs = [load_config(Path(d) / "config.yaml") for d in resume]
+        cfgs = [run_config(Path(d), overrides) for d in resume]
         return train_lockstep(cfgs, [Path(d) for d in resume], resume=True, quiet=quiet)
     if config is None:
         raise UserError("give a CONFIG (e.g. configs/jsb/gru.yaml or jsb/gru) or --resume RUN_DIR")
