@@ -272,7 +272,8 @@ def _load(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
     except Exception as e:  # a truncated or foreign file; torch's own text runs to several sentences
-        why = str(e).strip().split("\n")[0].split(". ")[0][:100] or type(e).__name__
+        text = str(e).strip()
+        why = type(e).__name__ + (f": {text.splitlines()[0].split('. ')[0][:100]}" if text else "")
         raise UserError(
             f"{path} is damaged or not a gru-bench checkpoint ({why}): restore it, or train the run again"
         ) from None
@@ -289,7 +290,7 @@ def _mismatch(want: dict[str, Tensor], got: dict) -> str:
             diffs.append(f"{k} as a {type(got[k]).__name__}")
         elif k in got and got[k].shape != v.shape:
             diffs.append(f"{k} of shape {tuple(got[k].shape)}, not {tuple(v.shape)}")
-    return ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+    return diffs[0] + (f" (and {len(diffs) - 1} more differences)" if len(diffs) > 1 else "") if diffs else ""
 
 
 # --- training ---------------------------------------------------------------------------------------------
@@ -371,10 +372,10 @@ def run_lock(run_dir: Path, console: Console) -> Iterator[None]:
 
     The lock is an flock on the file, not the file itself: the OS drops it when its process dies however it
     dies (kill -9, a sweep stopping its workers), so a file left behind is stale and simply taken over. The
-    file names the holder (PID and host) for the error message. A folder created here and still empty at the
-    end (training refused to start) is removed again.
+    file names the holder (PID and host) for the error message. Folders created here and still empty at the
+    end (training refused to start) are removed again.
     """
-    created = not run_dir.exists()
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
     path = run_dir / LOCK
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -390,9 +391,9 @@ def run_lock(run_dir: Path, console: Console) -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # before the lock is released: a waiting process then locks a fresh file
             os.close(fd)
-        if created:
+        for d in created:  # innermost first
             with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only if empty
+                d.rmdir()  # only if empty
 
 
 def _acquire(path: Path, run_dir: Path, console: Console) -> int | None:

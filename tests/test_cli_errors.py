@@ -4,21 +4,26 @@ written or lost. Every case fails before any training, so the whole file runs in
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gru_bench import execute
 from gru_bench.cli import app
-from gru_bench.config import CONFIGS_DIR
+from gru_bench.config import CONFIGS_DIR, dump, load_config
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write, write_text
+from gru_bench.models import build_model
 from gru_bench.paths import raw_dir
 from gru_bench.search import override
+from gru_bench.training import run_lock
 
 
 def fails(args: list[str], *fragments: str) -> str:
@@ -186,3 +191,73 @@ def test_ray_ships_summary_last(tmp_path: Path) -> None:
     for name in ("summary.json", "best.pt", "last.pt", "metrics.csv", "config.yaml"):
         (tmp_path / name).write_text(name)
     assert list(execute._pack(tmp_path))[-1] == "summary.json"
+
+
+# --- run folders --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A finished run folder as `train --out tmp_path --name r` leaves it (untrained weights: no training)."""
+    run = tmp_path / "jsb" / "gru" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump(load_config(CONFIGS_DIR / "jsb" / "gru.yaml", ["model.hidden=4"])))
+    for name in ("best.pt", "last.pt"):
+        torch.save({"model": build_model("gru", hidden=4).state_dict()}, run / name)
+    (run / "summary.json").write_text(json.dumps({"status": "complete"}))
+    return run
+
+
+def test_damaged_summary_is_one_line_and_says_resume(run_dir: Path, jsb_data: Path) -> None:
+    (run_dir / "summary.json").write_text('{"status": "comp')
+    args = ["train", "jsb/gru", "--set", "model.hidden=4", "--out", run_dir.parents[2], "--name", "r"]
+    fails(args, f"{run_dir / 'summary.json'} is damaged", f"'gru-bench train --resume {run_dir}'")
+    assert (run_dir / "summary.json").read_text() == '{"status": "comp'
+
+
+@pytest.mark.parametrize("damage", ["config", "truncated", "text", "missing"])
+def test_run_that_does_not_load_is_one_line(run_dir: Path, tmp_path: Path, damage: str) -> None:
+    best = run_dir / "best.pt"
+    if damage == "config":  # edited after training
+        config = run_dir / "config.yaml"
+        config.write_text(config.read_text().replace("hidden: 4", "hidden: 5"))
+        want = (
+            f"{best} does not match {config} (gru, hidden 5)",
+            "the checkpoint has W of shape (1, 88, 12)",
+        )
+    elif damage == "missing":
+        best.unlink()
+        want = (f"{best} not found", "try --which last")
+    else:
+        best.write_bytes(best.read_bytes()[:500] if damage == "truncated" else b"hello")
+        want = (f"{best} is damaged or not a gru-bench checkpoint",)
+    line = fails(["evaluate", run_dir], *want)
+    assert len(line.replace(str(run_dir), "RUN")) < 250, line  # a summary, not torch's paragraph
+    fails(["sample", run_dir, "--out", tmp_path / "s.mid"], *want)
+
+
+def test_evaluate_names_the_split_option(run_dir: Path, jsb_data: Path) -> None:
+    fails(["evaluate", run_dir, "--split", "dev"], "--split must be one of train, valid, test, got 'dev'")
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    fails(["train", "--resume", tmp_path], f"{tmp_path} is not a run folder (no config.yaml)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_names_the_option(data_home: Path, results: Path) -> None:
+    fails(["train", "jsb/gru", "--device", "cuda"], "training.device is cuda (from --device", "--device cpu")
+    assert not any(results.rglob("*"))  # no empty run folder left behind
+
+
+def test_a_run_folder_in_use_is_refused(run_dir: Path) -> None:
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with run_lock(run_dir, Console(quiet=True)):
+        fails(["train", "--resume", run_dir], f"{run_dir} is being trained by PID {os.getpid()} on")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_compare_with_a_missing_configs_folder(results: Path, tmp_path: Path) -> None:
+    fails(
+        ["compare", results, "--configs", tmp_path / "nope"], f"--configs {tmp_path / 'nope'} is not a folder"
+    )

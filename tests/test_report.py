@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 from gru_bench import paper
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR, load_config
-from gru_bench.data.prepare import prepare
-from gru_bench.paths import raw_dir
+from gru_bench.data import processed_path
 from gru_bench.report import MANIFEST, build_report, collect_runs, compare, search_lines
 from gru_bench.search import Search
 from gru_bench.training import train_lockstep
@@ -46,14 +45,13 @@ def _copy(runs: Path, src: str, dst: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) -> Path:
+def results(tmp_path_factory: pytest.TempPathFactory, jsb_npz: Path) -> Path:
     """results/ with 2 real seeds of each model on JSB (2 epochs), and hand-made runs to be left out."""
     root = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRU_BENCH_DATA", str(root / "data"))
-        raw_dir("jsb").mkdir(parents=True)
-        shutil.copy(shared_datasets / "mat" / "JSB_Chorales.mat", raw_dir("jsb"))
-        prepare("jsb", echo=lambda _: None)
+        processed_path("jsb").parent.mkdir(parents=True)
+        shutil.copy(jsb_npz, processed_path("jsb"))
         for cell in paper.CELLS:
             cfgs = [
                 load_config(CONFIGS_DIR / "jsb" / f"{cell}.yaml", [*TINY, f"training.seed={s}"])

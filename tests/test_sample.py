@@ -14,10 +14,9 @@ from typer.testing import CliRunner
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR, load_config
 from gru_bench.data import load as load_rolls
-from gru_bench.data.prepare import prepare
+from gru_bench.data import processed_path
 from gru_bench.errors import UserError
 from gru_bench.models import build_model
-from gru_bench.paths import raw_dir
 from gru_bench.sample import SECONDS_PER_FRAME, generate, pick_primer, roll_to_midi, sample
 from gru_bench.training import load_run, train
 
@@ -46,14 +45,13 @@ def model() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def jsb_run(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) -> tuple[Path, Path]:
+def jsb_run(tmp_path_factory: pytest.TempPathFactory, jsb_npz: Path) -> tuple[Path, Path]:
     """(data dir, run dir) of a real one-epoch JSB GRU run."""
     root = tmp_path_factory.mktemp("sample")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRU_BENCH_DATA", str(root / "data"))
-        raw_dir("jsb").mkdir(parents=True)
-        shutil.copy(shared_datasets / "mat" / "JSB_Chorales.mat", raw_dir("jsb"))
-        prepare("jsb", echo=lambda _: None)
+        processed_path("jsb").parent.mkdir(parents=True)
+        shutil.copy(jsb_npz, processed_path("jsb"))
         run_dir = root / "runs" / "jsb" / "gru" / "tiny"
         train(load_config(CONFIGS_DIR / "jsb" / "gru.yaml", TINY), run_dir, quiet=True)
     return root / "data", run_dir

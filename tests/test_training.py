@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from gru_bench import training
-from gru_bench.config import CONFIGS_DIR, load_config
+from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data import PianoRolls, processed_path
 from gru_bench.errors import UserError
 from gru_bench.models import StackedModel, build_model
@@ -378,11 +380,121 @@ def test_load_run_rejects_what_is_not_a_run(tmp_path: Path, tiny_jsb: Path):
     with pytest.raises(UserError, match="best or last"):
         training.load_run(run, "worst")
     torch.save({"model": _weights(run, "best") | {"V": torch.zeros(1, 3, 88)}}, run / "best.pt")
-    with pytest.raises(UserError, match="best.pt does not hold"):
+    with pytest.raises(
+        UserError, match=r"best.pt does not match .*config.yaml \(gru, hidden 6\).* V of shape"
+    ):
         training.load_run(run)
     model, cfg = training.load_run(run, "last")
     assert not model.training and model.hidden == 6
     assert cfg.to_dict() == load_config(run / "config.yaml").to_dict()
+    (run / "best.pt").unlink()
+    with pytest.raises(UserError, match="try --which last"):
+        training.load_run(run)
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(
+        UserError, match=r"last.pt is damaged or not a gru-bench checkpoint \(\w+: [^\n]{,120}\)"
+    ):
+        training.load_run(run, "last")
+    (run / "last.pt").unlink()
+    with pytest.raises(
+        UserError, match="has not finished an epoch yet; continue it with 'gru-bench train --resume"
+    ):
+        training.load_run(run, "last")
+
+
+def test_a_damaged_summary_is_refused_then_repaired_by_resume(tmp_path: Path, tiny_jsb: Path):
+    cfg = _cfg(tmp_path, "training.max_epochs=1")
+    run = tmp_path / "run"
+    good = train(cfg, run, quiet=True)
+    weights = (run / "best.pt").read_bytes()
+    (run / "summary.json").write_text('{"status": "comp')
+    with pytest.raises(UserError, match=r"summary.json is damaged .*'gru-bench train --resume"):
+        train(cfg, run, quiet=True)
+    assert (run / "best.pt").read_bytes() == weights  # nothing was touched
+    assert train(cfg, run, resume=True, quiet=True)["test_nll"] == good["test_nll"]
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(good))
+
+
+def test_resume_may_change_only_the_machine(tmp_path: Path, tiny_jsb: Path):
+    run = tmp_path / "run"
+    train(_cfg(tmp_path, "training.max_epochs=1"), run, quiet=True)
+    assert set(training.RESUME_KEYS) < NOT_HASHED  # they never change what the run computes
+    with pytest.raises(UserError, match=r"leave out training.lr \(only training.device"):
+        training.train_command(None, ["training.lr=0.5"], resume=[run], quiet=True)
+    with pytest.raises(UserError, match="is not a run folder"):
+        training.train_command(None, resume=[tmp_path], quiet=True)
+    training.train_command(None, ["training.eval_batch_size=2"], resume=[run], quiet=True)
+    assert load_config(run / "config.yaml").training.eval_batch_size == 5  # a finished run is not rewritten
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_run_trained_on_a_gpu_evaluates_on_the_cpu(tmp_path: Path, tiny_jsb: Path):
+    run = tmp_path / "run"
+    nll = train(_cfg(tmp_path, "training.max_epochs=1"), run, quiet=True)["test_nll"]
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("device: auto", "device: cuda"))
+    assert evaluate(run) == pytest.approx(nll, rel=1e-6)
+    with pytest.raises(UserError, match=f"training.device is cuda \\(from --device, --set or {config}\\)"):
+        train(load_config(config), tmp_path / "again", quiet=True)
+
+
+# --- one writer per run dir -------------------------------------------------------------------------------
+
+
+def test_a_second_train_of_a_live_run_dir_is_refused(
+    tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """While a run trains, `train --resume` (or a plain train) of its folder is refused, naming the holder."""
+    cfg, run = _cfg(tmp_path, "training.max_epochs=2"), tmp_path / "run"
+    real_end, refused = training._end_epoch, []
+
+    def second_train_after_epoch_1(model, opt, runs, *args, **kwargs):
+        real_end(model, opt, runs, *args, **kwargs)
+        if runs[0].epoch == 1:
+            for resume in (True, False):
+                with pytest.raises(UserError) as e:
+                    train(cfg, run, resume=resume, quiet=True)
+                refused.append(str(e.value))
+
+    monkeypatch.setattr(training, "_end_epoch", second_train_after_epoch_1)
+    assert train(cfg, run, quiet=True)["epochs"] == 2  # the first run was not disturbed
+    assert (
+        refused
+        == [
+            f"{run} is being trained by PID {os.getpid()} on {socket.gethostname()}: wait for it "
+            f"to finish, or stop it and then 'gru-bench train --resume {run}'"
+        ]
+        * 2
+    )
+    assert not (run / training.LOCK).exists()
+
+
+def test_ctrl_c_releases_the_lock_and_a_stale_lock_is_taken_over(
+    tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    cfg, run = _cfg(tmp_path, "training.max_epochs=2"), tmp_path / "run"
+    real_end = training._end_epoch
+
+    def ctrl_c(*args, **kwargs):
+        real_end(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_end_epoch", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, quiet=True)
+    assert not (run / training.LOCK).exists()
+    monkeypatch.setattr(training, "_end_epoch", real_end)
+    (run / training.LOCK).write_text("PID 999999999 on gone-host\n")  # left by a killed training
+    capsys.readouterr()
+    assert train(cfg, run, resume=True)["epochs"] == 2
+    assert "taking over the lock of PID 999999999 on gone-host" in capsys.readouterr().out
+    assert not (run / training.LOCK).exists()
+
+
+def test_a_refused_start_leaves_no_empty_run_dir(tmp_path: Path, data_home: Path):
+    with pytest.raises(UserError, match="not prepared"):
+        train(_cfg(tmp_path), tmp_path / "runs" / "new", quiet=True)
+    assert not (tmp_path / "runs" / "new").exists()
 
 
 def test_weight_noise_restores_clean_weights():
