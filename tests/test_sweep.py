@@ -255,7 +255,14 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(
     runs = [results / "runs" / "jsb" / cell / "t-seed0" for cell in ("gru", "tanh")]
     cmd = [sys.executable, "-m", "gru_bench.cli", "sweep", str(path), "--workers", "2"]
     proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # as in a terminal: a job started in the background (`cmd &`, as CI may be) inherits SIGINT ignored,
+        # and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not all((r / "last.pt").exists() for r in runs) and time.monotonic() < deadline:
