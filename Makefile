@@ -39,14 +39,15 @@ data: venv
 
 # The full study: 4 datasets x 3 models x 3 seeds, paper protocol; re-running skips finished runs and
 # resumes interrupted ones. SEARCH=1 adds the paper's 10-trial learning-rate search per cell.
+# A failed run does not stop the report (it lists the failure); make still exits non-zero.
 reproduce: data
-	$(GB) sweep $(SWEEP) --workers $(WORKERS)
-	$(GB) compare results --out results/report
+	status=0; $(GB) sweep $(SWEEP) --workers $(WORKERS) || status=$$?; \
+	$(GB) compare results --out results/report && exit $$status
 
 # The same pipeline on a tiny epoch budget and one seed, into results/quick/ (not committed).
 reproduce-quick: data
-	GRU_BENCH_RESULTS=$(QUICK_RESULTS) $(GB) sweep configs/sweeps/quick.yaml --workers $(WORKERS)
-	$(GB) compare $(QUICK_RESULTS) --out $(QUICK_RESULTS)/report
+	status=0; GRU_BENCH_RESULTS=$(QUICK_RESULTS) $(GB) sweep configs/sweeps/quick.yaml --workers $(WORKERS) \
+		|| status=$$?; $(GB) compare $(QUICK_RESULTS) --out $(QUICK_RESULTS)/report && exit $$status
 
 report: venv
 	$(GB) compare results --out results/report
