@@ -190,14 +190,6 @@ def run_bench(
     return df
 
 
-def parse_ints(text: str, option: str) -> list[int]:
-    """'1,8,32' -> [1, 8, 32] with a one-line error naming the option."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
-
-
 def table(df: pd.DataFrame) -> Table:
     t = Table(title=f"training throughput (time steps/s, {df.threads.iloc[0]} thread(s), median)")
     for col in ("cell", "variant", "batch", "length", "steps/s", "x torch.nn", "x K=1"):

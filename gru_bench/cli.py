@@ -245,7 +245,8 @@ def bench_cmd(
     """Training throughput (time steps/s) of torch.nn vs the paper/fused models, numba kernels off/on."""
     from rich.console import Console
 
-    from gru_bench.bench import parse_ints, run_bench, table
+    from gru_bench.bench import run_bench, table
+    from gru_bench.config import parse_ints
     from gru_bench.paths import results_dir
 
     out = out or results_dir() / "bench" / "bench.csv"

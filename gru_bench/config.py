@@ -383,12 +383,17 @@ def dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """`1,2,3` -> [1, 2, 3] (the --seeds option)."""
+def parse_ints(text: str, option: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32] for a comma-separated CLI option, with a one-line error naming it."""
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--seeds {text}: expected comma-separated integers, e.g. --seeds 1,2,3") from None
+        raise UserError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`1,2,3` -> [1, 2, 3] (the --seeds option): distinct integers."""
+    seeds = parse_ints(text, "--seeds")
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {text}: expected distinct comma-separated integers, e.g. --seeds 1,2,3")
     return seeds
