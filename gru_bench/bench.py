@@ -1,7 +1,9 @@
-"""`gru-bench bench`: training throughput (time steps/s of forward + backward + RMSprop update) per variant.
+"""`gru-bench bench`: training throughput (time steps/s of forward + backward + RMSProp update) per variant.
 
-Every variant trains on the same random sparse piano roll; torch.nn.RNN/LSTM/GRU + Linear is measured in the
-same run as the baseline. Lockstep rows train a stack of K models at once and count the time steps of all K.
+Every variant trains on the same random sparse piano roll. The baseline, measured in the same run, is what a
+torch user would write: torch.nn.RNN/LSTM/GRU + Linear, BCE-with-logits and torch.optim.RMSprop. Our variants
+run what `train` runs (the model's NLL and StackedRMSProp with update clipping; no weight noise). Lockstep
+rows train a stack of K models at once and count the time steps of all K.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 from gru_bench.data.registry import N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
-from gru_bench.models import CELLS, IMPLS, build_model, kernels
+from gru_bench.models import CELLS, IMPLS, StackedModel, build_model, kernels
+from gru_bench.optim import StackedRMSProp
 from gru_bench.paper import HIDDEN_SIZES
 
 _TORCH_NN = {"tanh": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -41,14 +44,13 @@ class Variant:
 
 
 def variants(cells: Iterable[str], impls: Iterable[str], lockstep_k: int) -> list[Variant]:
-    """Baseline, each impl with kernels off/on, and each impl as a K-stack (kernels on where available)."""
+    """Baseline, then each impl with kernels off/on, alone and as a K-stack."""
     fast_modes = ("off", "on") if kernels.available() else ("off",)
+    ks = (1, lockstep_k) if lockstep_k > 1 else (1,)
     out = []
     for cell in cells:
         out.append(Variant(cell, "torch.nn", "-"))
-        out += [Variant(cell, impl, fast) for impl in impls for fast in fast_modes]
-        if lockstep_k > 1:
-            out += [Variant(cell, impl, fast_modes[-1], lockstep_k) for impl in impls]
+        out += [Variant(cell, impl, fast, k) for impl in impls for fast in fast_modes for k in ks]
     return out
 
 
@@ -63,7 +65,7 @@ class _Baseline(nn.Module):
         return self.out(self.rnn(x[0])[0]).unsqueeze(0)
 
 
-def _training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def _baseline_step(model: _Baseline, x: torch.Tensor) -> Callable[[], None]:
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
     inputs, targets = x[:, :, :-1], x[:, :, 1:]
 
@@ -76,16 +78,29 @@ def _training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def _training_step(model: StackedModel, x: torch.Tensor) -> Callable[[], None]:
+    """The update `train` makes (see training._update), less weight noise and bookkeeping."""
+    k, b, t = x.shape[0], x.shape[1], x.shape[2] - 1
+    opt = StackedRMSProp(list(model.parameters()), [0.9] * k, [0.95] * k, [1e-6] * k, "update", [1.0] * k)
+    lengths = torch.full((k, b), t)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        (model.nll(x, lengths) / (b * t)).sum().backward()
+        opt.step([1e-3] * k, [True] * k, opt.grad_norms())
+
+    return step
+
+
 def _setup(v: Variant, batch: int, length: int, seed: int) -> Callable[[], None]:
     hidden = HIDDEN_SIZES[v.cell]
     torch.manual_seed(seed)
-    if v.impl == "torch.nn":
-        model: nn.Module = _Baseline(v.cell, hidden)
-    else:
-        model = build_model(v.cell, v.impl, hidden, k=v.k, fast=v.fast)
-        model.init_weights([torch.Generator().manual_seed(seed + i) for i in range(v.k)])
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(1, batch, length + 1, N_NOTES, generator=g) < 0.05).float().expand(v.k, -1, -1, -1)
+    if v.impl == "torch.nn":
+        return _baseline_step(_Baseline(v.cell, hidden), x.contiguous())
+    model = build_model(v.cell, v.impl, hidden, k=v.k, fast=v.fast)
+    model.init_weights([torch.Generator().manual_seed(seed + i) for i in range(v.k)])
     return _training_step(model, x.contiguous())
 
 
@@ -166,7 +181,7 @@ def run_bench(
         torch.set_num_threads(old_threads)
     rows = []
     for (v, b, t), s in speed.items():
-        single = speed[Variant(v.cell, v.impl, v.fast), b, t]
+        single = speed[Variant(v.cell, v.impl, v.fast), b, t]  # the same variant alone: K sequential runs
         rows.append(
             Row(
                 v.cell,

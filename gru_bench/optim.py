@@ -18,16 +18,152 @@ Storing the clipped step as the velocity keeps momentum from accumulating what c
 
 Every operation is elementwise with per-model scalars broadcast over the leading K dim, and per-model norms
 are computed on each model's own slice, so model k's arithmetic is bit-identical to training it alone.
+
+On the CPU (float32 parameters, numba installed) compiled loops do the work (`_grad_norms`: one pass over the
+gradients; `_rmsprop`: one pass over gradient, state and weights, plus one over step and weights for
+clip="update"); ~12 torch ops over flat buffers cost 4-5x more, mostly in dispatch and in re-reading the
+buffers. The elementwise chain is the same float32 expression in the same order (no fastmath, so no FMA
+contraction): bit for bit numpy's float32 evaluation, and the torch path's numbers but for torch's CPU sqrt,
+which is not correctly rounded (1 ulp off on ~1 element in 6). Norms are float64 there (the exact-ish norm:
+no overflow of g^2, NaN/inf stay non-finite), summed in LANES interleaved running sums (element j of a tensor
+row goes to lane j mod LANES, in order; the lanes are added up in order): a fixed order over model k's own
+slice, independent of K, that still vectorises. The clipping factors computed from them may differ from the
+torch path's (float32 norms) in the last bit. Elsewhere (CUDA, other dtypes, no numba) the torch ops run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - the pure-torch path takes over
+    njit = None
+
 CLIPS = ("update", "grad", "none")
+LANES = 64  # interleaved float64 running sums per norm (fixed: it sets the summation order)
+
+# error_model="numpy": x / 0 is IEEE inf/NaN, as in torch, instead of a ZeroDivisionError check per element
+_jit = (lambda f: f) if njit is None else njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+
+
+@_jit
+def _add_squares(x, acc):
+    """acc[l] += x[j]^2 in float64 for j = l (mod len(acc)), j ascending. Inside a block of len(acc)
+    elements the lane is the loop index, so the loop vectorises without reordering any sum; len(acc) is a
+    run-time value on purpose, so that the inner loop is vectorised rather than unrolled."""
+    lanes = acc.shape[0]
+    blocks = x.shape[0] // lanes
+    for i in range(blocks):
+        b = x[i * lanes : (i + 1) * lanes]
+        for j in range(lanes):
+            acc[j] += np.float64(b[j]) * np.float64(b[j])
+    t = x[blocks * lanes :]
+    for j in range(t.shape[0]):
+        acc[j] += np.float64(t[j]) * np.float64(t[j])
+
+
+@_jit
+def _lane_norm(acc):
+    """sqrt of the lanes' sum, added up in order."""
+    total = 0.0
+    for j in range(acc.shape[0]):
+        total += acc[j]
+    return np.sqrt(total)
+
+
+@_jit
+def _grad_norms(grads, acc, out):
+    """out[k] = float64 norm of model k's gradient over all tensors (each (K, m_i), in order)."""
+    for k in range(out.shape[0]):
+        acc[:] = 0.0
+        for i in range(len(grads)):
+            _add_squares(grads[i][k], acc)
+        out[k] = _lane_norm(acc)
+
+
+@_jit
+def _moments_squares(g, n, v, gs, rho, omr, lr, eps, mu, acc):
+    """n = rho n + (1 - rho) g^2; v = mu v - lr g / sqrt(n + eps), g scaled by gs (the torch path's float32
+    ops in its order); and acc += v^2 exactly as `_add_squares(v, acc)` adds them, in the same loop."""
+    lanes = acc.shape[0]
+    m = g.shape[0]
+    for o in range(0, m, lanes):
+        e = min(o + lanes, m)
+        gb, nb, vb = g[o:e], n[o:e], v[o:e]
+        for j in range(e - o):
+            gj = gb[j] * gs
+            nj = nb[j] * rho + gj * gj * omr
+            nb[j] = nj
+            s = vb[j] * mu - gj * lr / np.sqrt(nj + eps)
+            vb[j] = s
+            acc[j] += np.float64(s) * np.float64(s)
+
+
+@_jit
+def _moments_apply(g, n, v, w, gs, rho, omr, lr, eps, mu):
+    """n and v as in `_moments_squares`, then w += v (no update clipping: the step is final)."""
+    for j in range(g.shape[0]):
+        gj = g[j] * gs
+        nj = n[j] * rho + gj * gj * omr
+        n[j] = nj
+        s = v[j] * mu - gj * lr / np.sqrt(nj + eps)
+        v[j] = s
+        w[j] += s
+
+
+@_jit
+def _apply(w, v, scale, scaled):
+    """v *= scale if scaled (the clipped step); w += v."""
+    if scaled:
+        for j in range(w.shape[0]):
+            s = v[j] * scale
+            v[j] = s
+            w[j] += s
+    else:
+        for j in range(w.shape[0]):
+            w[j] += v[j]
+
+
+@_jit
+def _rmsprop(grads, weights, n, v, active, lr, mu, rho, omr, eps, limit, gnorm, clip, acc):
+    """One update of every active model k (row k of each (K, m_i) gradient/weight, of the (K, P) state).
+
+    clip: 0 "update" (a second pass scales the step once its norm is known, and applies it), 1 "grad"
+    (gnorm: the (K,) gradient norms), 2 "none". lr, mu, rho, omr = 1 - rho, eps, limit: (K,) float32.
+    Inactive models are skipped: their weights and state are not touched."""
+    for k in range(n.shape[0]):
+        if not active[k]:
+            continue
+        gs = np.float32(1.0)
+        if clip == 1 and gnorm[k] > limit[k]:
+            gs = np.float32(limit[k] / gnorm[k])
+        nk, vk = n[k], v[k]
+        acc[:] = 0.0
+        off = 0
+        for i in range(len(grads)):
+            g = grads[i][k]
+            m = g.shape[0]
+            ni, vi = nk[off : off + m], vk[off : off + m]
+            if clip == 0:
+                _moments_squares(g, ni, vi, gs, rho[k], omr[k], lr[k], eps[k], mu[k], acc)
+            else:
+                _moments_apply(g, ni, vi, weights[i][k], gs, rho[k], omr[k], lr[k], eps[k], mu[k])
+            off += m
+        if clip == 0:
+            norm = _lane_norm(acc)
+            scaled = norm > limit[k]
+            scale = np.float32(limit[k] / norm) if scaled else np.float32(1.0)
+            off = 0
+            for i in range(len(weights)):
+                w = weights[i][k]
+                m = w.shape[0]
+                _apply(w, vk[off : off + m], scale, scaled)
+                off += m
 
 
 def per_model_norm(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
@@ -42,6 +178,16 @@ def per_model_norm(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) 
     return torch.linalg.vector_norm(torch.stack(parts, dim=1), dim=1)
 
 
+def _mark_modified(tensors: list[Tensor]) -> None:
+    """Bump the autograd version counters of tensors written through numpy views, as an in-place torch op
+    would (so that a graph that saved them still refuses to backpropagate through the old values)."""
+    try:
+        torch.autograd.graph.increment_version(tensors)
+    except TypeError:  # older torch: one tensor at a time
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
+
+
 def _scale(norms: Tensor, limit: Tensor) -> Tensor:
     """Per-model factor min(1, limit / norm) (1 where the norm is within the limit)."""
     return torch.where(norms > limit, limit / norms, torch.ones_like(norms))
@@ -50,10 +196,13 @@ def _scale(norms: Tensor, limit: Tensor) -> Tensor:
 class StackedRMSProp:
     """RMSProp + momentum over parameters with a leading K dim; hyper-parameters are (K,) sequences.
 
-    The state lives in flat (K, P) buffers (P: parameters per model) updated in place: an update is ~12
-    tensor ops whatever the number of parameter tensors, and allocates nothing (fresh 100 KB-1 MB results
-    made each op several times slower). Every op is elementwise and computes the documented expression in
-    the same order, so the numbers are the same as updating tensor by tensor with new tensors.
+    The state lives in flat (K, P) buffers (P: parameters per model) updated in place. On the CPU with numba
+    (`fast`, the default when possible) an update is one compiled pass over each model's gradient, state and
+    weights (a second one over the step for clip="update"), reading the gradients and writing the weights in
+    place through numpy views. Otherwise it is ~12 tensor ops whatever the number of parameter tensors, and
+    allocates nothing (fresh 100 KB-1 MB results made each op several times slower). Every op is elementwise
+    and computes the documented expression in the same order, so the numbers are the same as updating tensor
+    by tensor with new tensors.
     """
 
     def __init__(
@@ -64,7 +213,11 @@ class StackedRMSProp:
         eps: Sequence[float],
         clip: str,
         clip_norm: Sequence[float],
+        *,
+        fast: bool | None = None,
     ):
+        """`fast`: None uses the numba pass where it can (CPU float32 parameters, numba importable), False
+        never, True insists (ValueError where it cannot)."""
         if clip not in CLIPS:
             raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
         self.params = list(params)
@@ -79,6 +232,27 @@ class StackedRMSProp:
         self.sizes = [p[0].numel() for p in self.params]
         self._n = torch.zeros(self.k, sum(self.sizes), device=dev)
         self._v, self._g, self._tmp = (torch.zeros_like(self._n) for _ in range(3))
+        dtypes = sorted({str(p.dtype) for p in self.params})
+        possible = njit is not None and dev.type == "cpu" and dtypes == [str(torch.float32)]
+        if fast and not possible:
+            raise ValueError(
+                f"fast=True needs numba and CPU float32 parameters (got {dev}, {dtypes}, "
+                f"numba {'ok' if njit is not None else 'missing'})"
+            )
+        self.fast = possible if fast is None else bool(fast)
+        if self.fast:
+            self._g = self._tmp = None  # the numba pass reads the gradients where they are, needs no scratch
+            # (K,) numpy views and copies for the compiled pass; float32 like the torch path's columns
+            self._np_n, self._np_v = self._n.numpy(), self._v.numpy()
+            self._np_mu, self._np_rho, self._np_eps, self._np_limit = (
+                t.view(-1).numpy() for t in (self.mu, self.rho, self.eps, self.limit)
+            )
+            self._np_omr = (1 - self.rho).view(-1).numpy()  # the float32 1 - rho of the torch path
+            self._acc = np.zeros(LANES)
+            self._weights_key: tuple[int, ...] | None = None
+            self._weights_np: tuple[np.ndarray, ...] = ()
+            self._forget_grads()
+        self._clip_code = CLIPS.index(clip)  # 0 update, 1 grad, 2 none: the numba pass's `clip`
 
     def _split(self, flat: Tensor) -> list[Tensor]:
         """Per-parameter views (K, ...) of a flat (K, P) buffer."""
@@ -98,17 +272,95 @@ class StackedRMSProp:
         """The gradients copied into the (K, P) buffer `_g`."""
         return torch.cat([p.grad.reshape(self.k, -1) for p in self.params], dim=1, out=self._g)
 
+    def _grad_arrays(self) -> tuple[np.ndarray, ...]:
+        """(K, m_i) C-contiguous numpy views of the gradients (copies where one is not contiguous).
+
+        The views made by `grad_norms` serve the `step` after it while every `.grad` is the same tensor on
+        the same memory (views see in-place changes; copies are not kept)."""
+        grads = [p.grad for p in self.params]
+        ptrs = [g.data_ptr() for g in grads]
+        cached = self._grads_of
+        if ptrs == self._grads_ptrs and all(g is c for g, c in zip(grads, cached, strict=True)):
+            return self._grads_np
+        try:
+            arrays = tuple(g.numpy().reshape(self.k, -1) for g in grads)
+        except RuntimeError:  # a gradient that requires grad itself (create_graph=True)
+            arrays = tuple(g.detach().numpy().reshape(self.k, -1) for g in grads)
+        if all(a.flags.c_contiguous for a in arrays):
+            self._grads_of, self._grads_ptrs, self._grads_np = grads, ptrs, arrays
+        else:
+            arrays = tuple(np.ascontiguousarray(a) for a in arrays)
+        return arrays
+
+    def _forget_grads(self) -> None:
+        """Drop the cached gradient views (and so the references to the gradients)."""
+        self._grads_of: list[Tensor] = []
+        self._grads_ptrs: list[int] | None = None
+        self._grads_np: tuple[np.ndarray, ...] = ()
+
+    def _weight_arrays(self) -> tuple[np.ndarray, ...] | None:
+        """(K, m_i) numpy views of the parameters, written in place; None if one is not contiguous.
+
+        Cached while every parameter keeps its storage (the views hold the old storages alive, so an equal
+        data_ptr is the same memory)."""
+        key = tuple(p.data_ptr() for p in self.params)
+        if key != self._weights_key:
+            if not all(p.is_contiguous() for p in self.params):
+                return None
+            self._weights_np = tuple(p.detach().numpy().reshape(self.k, -1) for p in self.params)
+            self._weights_key = key
+        return self._weights_np
+
     def _norms(self, flat: Tensor) -> Tensor:
         return per_model_norm(flat.split(self.sizes, dim=1))
 
     def grad_norms(self) -> Tensor:
         """(K,) float64 norm of each model's whole gradient (before clipping)."""
+        if self.fast:
+            out = np.empty(self.k)
+            _grad_norms(self._grad_arrays(), self._acc, out)
+            return torch.from_numpy(out)
         return per_model_norm(self._grads().split(self.sizes, dim=1), dtype=torch.float64)
 
     @torch.no_grad()
     def step(self, lr: Sequence[float], active: Sequence[bool], grad_norms: Tensor | None = None) -> None:
         """Update the models where `active` (the others, stopped or diverged, keep weights and state)."""
+        if len(lr) != self.k or len(active) != self.k:
+            raise ValueError(f"need {self.k} learning rates and active flags, got {len(lr)}, {len(active)}")
+        weights = self._weight_arrays() if self.fast else None
+        if weights is not None:
+            grads = self._grad_arrays()
+            gnorm = self._acc[:0]  # unused unless clip="grad"
+            if self.clip == "grad":
+                gnorm = self.grad_norms() if grad_norms is None else grad_norms
+                gnorm = np.ascontiguousarray(gnorm.detach().to("cpu", torch.float64).numpy())
+                if gnorm.shape != (self.k,):
+                    raise ValueError(f"grad_norms must have shape ({self.k},), got {tuple(gnorm.shape)}")
+            _rmsprop(
+                grads,
+                weights,
+                self._np_n,
+                self._np_v,
+                np.array(active, dtype=np.bool_),
+                np.array(lr, dtype=np.float32),
+                self._np_mu,
+                self._np_rho,
+                self._np_omr,
+                self._np_eps,
+                self._np_limit,
+                gnorm,
+                self._clip_code,
+                self._acc,
+            )
+            _mark_modified(self.params)
+            self._forget_grads()
+            return
+        self._step_torch(lr, active, grad_norms)
+
+    def _step_torch(self, lr: Sequence[float], active: Sequence[bool], grad_norms: Tensor | None) -> None:
         dev = self._n.device
+        if self._g is None:  # a fast optimizer whose parameters stopped being contiguous
+            self._g, self._tmp = torch.zeros_like(self._n), torch.zeros_like(self._n)
         frozen = None if all(active) else ~torch.tensor(list(active), dtype=torch.bool, device=dev)
         if frozen is not None:  # the in-place update runs on all rows; put the frozen ones back afterwards
             kept = [t[frozen].clone() for t in (self._n, self._v, *self.params)]

@@ -20,12 +20,14 @@ def test_bench_cli_writes_csv(tmp_path):
     assert result.exit_code == 0, result.output
     df = pd.read_csv(out)
     n_fast = 2 if kernels.available() else 1
-    assert len(df) == 2 * 2 * (1 + n_fast + 1)  # cells x batches x (torch.nn, fast modes, lockstep)
+    assert len(df) == 2 * 2 * (1 + 2 * n_fast)  # cells x batches x (torch.nn, fast modes x (alone, K=2))
     assert set(df.cell) == {"gru", "tanh"} and set(df.batch) == {1, 2} and set(df.length) == {3}
     assert (df.steps_per_s > 0).all() and df.notna().all().all()
     base = df[df.impl == "torch.nn"]
     assert (base.vs_torch_nn == 1).all()
-    assert set(df[df.k == 2].variant) == {f"fused fast={'on' if n_fast == 2 else 'off'} K=2"}
+    modes = ("off", "on")[:n_fast]
+    assert set(df[df.k == 2].variant) == {f"fused fast={m} K=2" for m in modes}
+    assert (df[df.k == 1].vs_single == 1).all() and (df[df.k == 2].vs_single > 0).all()
 
 
 def test_bench_rejects_bad_grid(tmp_path):

@@ -92,6 +92,44 @@ def test_model_in_a_longer_padded_stack_is_bit_identical_to_model_alone(cell, im
         assert torch.equal(grads_s[name][1], grads_a[name][0]), name
 
 
+def nll_and_grads(m, x: torch.Tensor, lengths: torch.Tensor):
+    m.zero_grad()
+    sums = m.nll(x, lengths)
+    (sums * torch.tensor([0.5, 2.0])).sum().backward()  # per-model loss weights reach the gradients
+    return sums.detach().double(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_nll_matches_the_torch_loss(cell, impl):
+    """The loss computed inside numba (float64 sums) equals masked BCE-with-logits on the torch path."""
+    m = make(cell, impl, (0, 1))
+    x = (inputs(2, b=3, t=8) > 0).float()  # 0/1 targets, as piano rolls
+    lengths = torch.tensor([[7, 3, 0], [5, 7, 1]])
+    sums_fast, grads_fast = nll_and_grads(m, x, lengths)
+    m.fast = "off"
+    sums_ref, grads_ref = nll_and_grads(m, x, lengths)
+    torch.testing.assert_close(sums_fast, sums_ref, rtol=1e-6, atol=0)
+    for name, g in grads_ref.items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(grads_fast[name], g, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_fused_nll_is_bit_identical_in_a_padded_stack():
+    alone, stack = make("gru", "paper", (4,)), make("gru", "paper", (3, 4))
+    x_alone = (inputs(1, b=1, t=6) > 0).float()
+    x = (inputs(2, b=2, t=9, seed=5) > 0).float()
+    x[1] = 0
+    x[1, 0, :6] = x_alone[0, 0]
+    s_alone = alone.nll(x_alone, torch.tensor([[5]]))
+    s_stack = stack.nll(x, torch.tensor([[8, 8], [5, 0]]))
+    s_alone.sum().backward()
+    s_stack.sum().backward()
+    assert torch.equal(s_stack[1], s_alone[0])
+    for (name, p), q in zip(stack.named_parameters(), alone.parameters(), strict=True):
+        assert torch.equal(p.grad[1], q.grad[0]), name
+
+
 def test_lengths_skip_the_steps_after_each_end():
     m = make("gru", "paper", (0, 1))
     x, lengths = inputs(2, b=2, t=7), torch.tensor([[7, 3], [0, 5]])

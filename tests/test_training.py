@@ -17,9 +17,9 @@ from gru_bench import training
 from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data import PianoRolls, processed_path
 from gru_bench.errors import UserError
-from gru_bench.models import StackedModel, build_model
+from gru_bench.models import StackedModel, build_model, masked_nll
 from gru_bench.optim import StackedRMSProp, per_model_norm
-from gru_bench.training import evaluate, lr_at, masked_nll, split_nll, train, train_lockstep
+from gru_bench.training import evaluate, lr_at, split_nll, train, train_lockstep
 
 TINY = ["model.hidden=6", "training.eval_batch_size=5", "training.max_epochs=4", "training.patience=null"]
 
@@ -91,7 +91,18 @@ def test_split_nll_does_not_depend_on_padding():
 # --- optimizer and schedule -------------------------------------------------------------------------------
 
 
-def test_rmsprop_update_equations():
+# fast=True: the numba pass (skipped without numba); False: the pure-torch ops (CUDA's path, the reference)
+FAST = [False, True]
+
+
+def _fast(fast: bool) -> bool:
+    if fast:
+        pytest.importorskip("numba")
+    return fast
+
+
+@pytest.mark.parametrize("fast", FAST)
+def test_rmsprop_update_equations(fast: bool):
     """Two steps of the documented update in numpy, with update-norm clipping and a frozen model."""
     rng = np.random.default_rng(3)
     w0 = rng.normal(size=(3, 4, 5)).astype(np.float32)
@@ -103,7 +114,7 @@ def test_rmsprop_update_equations():
         [1e-6, 1e-4, 1e-6],
         [1.0, 0.3, 1.0],
     )
-    opt = StackedRMSProp([p], mu, rho, eps, "update", c)
+    opt = StackedRMSProp([p], mu, rho, eps, "update", c, fast=_fast(fast))
     w, n, v = w0.astype(np.float64), np.zeros_like(w0, np.float64), np.zeros_like(w0, np.float64)
     for _ in range(2):
         g = rng.normal(size=w0.shape).astype(np.float32)
@@ -119,8 +130,9 @@ def test_rmsprop_update_equations():
     assert torch.equal(p[2].detach(), torch.from_numpy(w0[2]))  # frozen model untouched
 
 
-@pytest.mark.parametrize("clip", ["update", "grad"])
-def test_rmsprop_on_a_stack_is_bit_identical_to_each_model_alone(clip: str):
+@pytest.mark.parametrize("fast", FAST)
+@pytest.mark.parametrize("clip", ["update", "grad", "none"])
+def test_rmsprop_on_a_stack_is_bit_identical_to_each_model_alone(clip: str, fast: bool):
     """The flat in-place update of K models: model k's weights, state and norms equal a K=1 optimizer's."""
     rng = np.random.default_rng(4)
     shapes = [(3, 88, 21), (3, 7, 21), (3, 21), (3, 7, 88), (3, 88)]
@@ -131,7 +143,10 @@ def test_rmsprop_on_a_stack_is_bit_identical_to_each_model_alone(clip: str):
 
     def optimizer(ks: list[int]) -> tuple[list[torch.nn.Parameter], StackedRMSProp]:
         ps = [torch.nn.Parameter(torch.from_numpy(w[ks].copy())) for w in w0]
-        return ps, StackedRMSProp(ps, clip=clip, **{key: [v[k] for k in ks] for key, v in hp.items()})
+        hps = {key: [v[k] for k in ks] for key, v in hp.items()}
+        opt = StackedRMSProp(ps, clip=clip, fast=_fast(fast), **hps)
+        assert opt.fast is fast  # the path under test runs
+        return ps, opt
 
     stack, opt = optimizer([0, 1, 2])
     alone = [optimizer([k]) for k in range(3)]
@@ -157,6 +172,151 @@ def test_rmsprop_on_a_stack_is_bit_identical_to_each_model_alone(clip: str):
         assert step_norm == pytest.approx(0.05)
 
 
+@pytest.mark.parametrize("clip", ["update", "grad", "none"])
+def test_rmsprop_numba_pass_matches_the_torch_ops(clip: str):
+    """Same start (state loaded as a checkpoint would), same gradients, a frozen model: the numba pass and
+    the torch ops agree to float32 rounding. n is exact (same ops, same order) unless clipping the gradient
+    rescales g (its factor comes from a float64 rather than a float32 norm); w and v differ by torch's CPU
+    sqrt, which is not correctly rounded (1 ulp on some elements)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(6)
+    shapes = [(3, 88, 21), (3, 7, 21), (3, 21), (3, 7, 88), (3, 88)]
+    w0 = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    states = [
+        {
+            "n": [torch.from_numpy(rng.random(s[1:]).astype(np.float32)) for s in shapes],
+            "v": [torch.from_numpy(rng.normal(size=s[1:]).astype(np.float32) * 0.01) for s in shapes],
+        }
+        for _ in range(3)
+    ]
+    # model 1 is clipped (both clip modes), models 0 and 2 are not
+    hp = {"momentum": [0.9, 0.5, 0.8], "rms_decay": [0.95, 0.9, 0.99], "eps": [1e-6, 1e-4, 1e-8]}
+    hp |= {"clip_norm": [1.0, 0.05, 1e4]}
+    lr = [1e-3, 0.3, 0.01]
+    runs = {}
+    for fast in (True, False):
+        ps = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in w0]
+        opt = StackedRMSProp(ps, clip=clip, fast=fast, **hp)
+        assert opt.fast is fast
+        for k, state in enumerate(states):
+            opt.load_state_of(k, state)
+        grng = np.random.default_rng(7)
+        norms = []
+        for t in range(3):
+            for p in ps:
+                p.grad = torch.from_numpy(grng.normal(size=p.shape).astype(np.float32) * 10)
+            norms.append(opt.grad_norms())
+            opt.step(lr, [True, t != 1, True], norms[-1])
+        runs[fast] = {"w": [p.detach() for p in ps], "n": opt.n, "v": opt.v, "norms": norms}
+    fast, ref = runs[True], runs[False]
+    for a, b in zip(fast["norms"], ref["norms"], strict=True):
+        assert a.dtype == b.dtype == torch.float64 and a.shape == (3,)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    for key in ("w", "n", "v"):
+        for a, b in zip(fast[key], ref[key], strict=True):
+            if key == "n" and clip != "grad":
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
+    if clip == "update":  # model 1's step was clipped to its limit
+        step = torch.cat([v[1].ravel() for v in fast["v"]])
+        assert torch.linalg.vector_norm(step).item() == pytest.approx(0.05)
+
+
+def test_rmsprop_numba_pass_is_the_float32_expression_in_order():
+    """Without clipping, the numba pass is bit for bit numpy's float32 evaluation of the documented formula
+    (numpy's sqrt is correctly rounded, as numba's is; torch's CPU sqrt is not, hence the tolerance above)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(10)
+    shapes = [(2, 30, 17), (2, 17)]
+    w = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    ps = [torch.nn.Parameter(torch.from_numpy(x.copy())) for x in w]
+    f32 = np.float32
+    mu, rho, eps, lr = f32([[0.9], [0.5]]), f32([[0.95], [0.9]]), f32([[1e-6], [1e-4]]), f32([[1e-3], [0.3]])
+    opt = StackedRMSProp(ps, mu.ravel(), rho.ravel(), eps.ravel(), "none", [1.0] * 2, fast=True)
+    n, v = [np.zeros_like(x) for x in w], [np.zeros_like(x) for x in w]
+    for _ in range(3):
+        grads = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = torch.from_numpy(g.copy())
+        opt.step(lr.ravel(), [True] * 2)
+        for i, g in enumerate(grads):
+            shape = (2,) + (1,) * (g.ndim - 1)
+            r, m, e, a = (x.reshape(shape) for x in (rho, mu, eps, lr))
+            n[i] = n[i] * r + g * g * (f32(1) - r)
+            v[i] = v[i] * m - g * a / np.sqrt(n[i] + e)
+            w[i] = w[i] + v[i]
+    for i in range(len(shapes)):
+        for got, want in ((ps[i].detach(), w[i]), (opt.n[i], n[i]), (opt.v[i], v[i])):
+            assert np.array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("fast", FAST)
+@pytest.mark.parametrize("clip", ["update", "grad", "none"])
+def test_a_frozen_model_keeps_its_weights_and_optimizer_state(clip: str, fast: bool):
+    torch.manual_seed(8)
+    ps = [torch.nn.Parameter(torch.randn(3, 4, 70)), torch.nn.Parameter(torch.randn(3, 70))]
+    opt = StackedRMSProp(ps, [0.9] * 3, [0.95] * 3, [1e-6] * 3, clip, [0.1] * 3, fast=_fast(fast))
+
+    def model(k: int) -> list[torch.Tensor]:
+        return [t[k].detach().clone() for t in (*ps, *opt.n, *opt.v)]
+
+    for active in ([True] * 3, [True, False, True]):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        before, version = [model(k) for k in range(3)], ps[0]._version
+        opt.step([0.01] * 3, active, opt.grad_norms())
+        for k in range(3):
+            same = [torch.equal(a, b) for a, b in zip(before[k], model(k), strict=True)]
+            assert all(same) if not active[k] else not any(same)
+        assert ps[0]._version > version  # autograd sees the in-place update
+
+
+@pytest.mark.parametrize("fast", FAST)
+def test_grad_norms_are_float64_norms_that_do_not_overflow(fast: bool):
+    """g^2 of a 1e30 gradient overflows float32: the norm is still the true one (training skips the update
+    above MAX_GRAD_NORM); a NaN or inf gradient gives a non-finite norm, only for its own model."""
+    p = torch.nn.Parameter(torch.zeros(3, 5, 300))
+    opt = StackedRMSProp([p], [0.9] * 3, [0.95] * 3, [1e-6] * 3, "update", [1.0] * 3, fast=_fast(fast))
+    g = torch.full((3, 5, 300), 1e30)
+    g[1, 2, 7], g[2, 4, 299] = float("inf"), float("nan")
+    p.grad = g
+    norms = opt.grad_norms()
+    assert norms.dtype == torch.float64 and norms.shape == (3,)
+    assert norms[0].item() == pytest.approx(float(np.float32(1e30)) * np.sqrt(1500), rel=1e-12)
+    assert norms[1].item() == float("inf") and np.isnan(norms[2].item())
+    p.grad = torch.randn(3, 5, 300) * 1e-3  # and normal gradients are normed correctly after that
+    want = torch.linalg.vector_norm(p.grad.reshape(3, -1).double(), dim=1)
+    torch.testing.assert_close(opt.grad_norms(), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fast", FAST)
+def test_step_uses_the_gradients_as_they_are_when_it_runs(fast: bool):
+    """Gradients replaced or changed in place between grad_norms() and step() are the ones stepped on."""
+    torch.manual_seed(9)
+    w0 = [torch.randn(2, 3, 40), torch.randn(2, 40)]
+    grads = [torch.randn(2, 3, 40), torch.randn(2, 40)]
+    later = [torch.randn(2, 3, 40), grads[1] * 2]
+
+    def optimizer() -> tuple[list[torch.nn.Parameter], StackedRMSProp]:
+        ps = [torch.nn.Parameter(w.clone()) for w in w0]
+        hp = [0.9] * 2, [0.95] * 2, [1e-6] * 2, "update", [1.0] * 2
+        return ps, StackedRMSProp(ps, *hp, fast=_fast(fast))
+
+    ps, opt = optimizer()
+    ps[0].grad, ps[1].grad = grads[0].clone(), grads[1].clone()
+    opt.grad_norms()
+    ps[0].grad = later[0].clone()  # a new tensor
+    ps[1].grad.mul_(2)  # the same tensor, changed in place
+    opt.step([0.01] * 2, [True] * 2)
+    want, ref = optimizer()
+    want[0].grad, want[1].grad = later[0].clone(), later[1].clone()
+    ref.step([0.01] * 2, [True] * 2)
+    assert all(torch.equal(a, b) for a, b in zip(ps, want, strict=True))
+    with pytest.raises(ValueError, match="learning rates"):
+        opt.step([0.01], [True] * 2)
+
+
 def test_per_model_norm_equals_the_norm_of_each_slice():
     g = torch.Generator().manual_seed(5)
     ts = [torch.randn(4, *s, generator=g) * 3 for s in [(88, 138), (46, 138), (138,), (46, 88), (88,)]]
@@ -165,14 +325,16 @@ def test_per_model_norm_equals_the_norm_of_each_slice():
     assert torch.equal(per_model_norm(ts), want)
 
 
-def test_grad_clipping_rescales_the_gradient():
+@pytest.mark.parametrize("fast", FAST)
+def test_grad_clipping_rescales_the_gradient(fast: bool):
     p = torch.nn.Parameter(torch.zeros(2, 3))
-    opt = StackedRMSProp([p], [0.0, 0.0], [0.0, 0.0], [1e-30, 1e-30], "grad", [1.0, 1.0])
+    opt = StackedRMSProp([p], [0.0, 0.0], [0.0, 0.0], [1e-30, 1e-30], "grad", [1.0, 1.0], fast=_fast(fast))
     p.grad = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]])
     opt.step([1.0, 1.0], [True, True])
     # rho=0 -> n = g^2 and the step is -lr * sign(g) whatever the clipping; the state shows the clipped g
     np.testing.assert_allclose(opt.n[0][0].numpy(), [0.36, 0.64, 0.0], rtol=1e-6)
     np.testing.assert_allclose(opt.n[0][1].numpy(), [0.09, 0.16, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(p.detach().numpy(), [[-1.0, -1.0, 0.0], [-1.0, -1.0, 0.0]], rtol=1e-6)
 
 
 def test_linear_lr_decay(tmp_path: Path, tiny_jsb: Path):
@@ -302,15 +464,15 @@ def test_updates_pass_each_models_lengths_and_skip_stopped_models(
     tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Padding across the stack costs nothing: the kernels get every sequence's length, 0 once stopped."""
-    real_forward = StackedModel.forward
+    real_nll = StackedModel.nll
     seen = []
 
-    def record(self, x, lengths=None):
+    def record(self, x, lengths):
         if self.training:
             seen.append(lengths.clone())
-        return real_forward(self, x, lengths)
+        return real_nll(self, x, lengths)
 
-    monkeypatch.setattr(StackedModel, "forward", record)
+    monkeypatch.setattr(StackedModel, "nll", record)
     cfgs = [
         _cfg(tmp_path, "training.max_epochs=1"),
         _cfg(tmp_path, "training.seed=2", "training.max_epochs=2"),
@@ -325,18 +487,18 @@ def test_updates_pass_each_models_lengths_and_skip_stopped_models(
 
 
 def test_nan_stops_the_run_and_keeps_the_best_model(tmp_path: Path, tiny_jsb: Path, monkeypatch):
-    real_forward = StackedModel.forward
+    real_nll = StackedModel.nll
     calls = {"train": 0}
 
-    def diverge_in_epoch_2(self, x, lengths=None):
-        out = real_forward(self, x, lengths)
+    def diverge_in_epoch_2(self, x, lengths):
+        out = real_nll(self, x, lengths)
         if self.training:
             calls["train"] += 1
             if calls["train"] > 13:  # epoch 1 has 10 updates
                 return out * float("nan")
         return out
 
-    monkeypatch.setattr(StackedModel, "forward", diverge_in_epoch_2)
+    monkeypatch.setattr(StackedModel, "nll", diverge_in_epoch_2)
     summary = train(_cfg(tmp_path), tmp_path / "nan", quiet=True)
     assert summary["status"] == "stopped_nan" and "non-finite" in summary["message"]
     assert summary["best_epoch"] == 1 and np.isfinite(summary["test_nll"])
@@ -347,20 +509,20 @@ def test_non_finite_gradient_skips_the_update_but_a_finite_loss_keeps_training(
     tmp_path: Path, tiny_jsb: Path, monkeypatch
 ):
     """An overflowing BPTT gradient (finite loss) costs one update of that model only, not the run."""
-    real_forward = StackedModel.forward
+    real_nll = StackedModel.nll
     calls = {"train": 0}
 
-    def blow_up_model_1_once(self, x, lengths=None):
-        out = real_forward(self, x, lengths)
+    def blow_up_model_1_once(self, x, lengths):
+        out = real_nll(self, x, lengths)
         if self.training:
             calls["train"] += 1
             if calls["train"] == 3:  # third update: model 1's gradient becomes inf, its loss stays finite
-                scale = torch.ones(out.shape[0], 1, 1, 1)
+                scale = torch.ones(out.shape[0], dtype=out.dtype)
                 scale[1] = float("inf")
                 out.register_hook(lambda g: g * scale)
         return out
 
-    monkeypatch.setattr(StackedModel, "forward", blow_up_model_1_once)
+    monkeypatch.setattr(StackedModel, "nll", blow_up_model_1_once)
     cfgs = [
         _cfg(tmp_path, "training.max_epochs=1"),
         _cfg(tmp_path, "training.seed=2", "training.max_epochs=1"),

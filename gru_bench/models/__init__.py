@@ -8,6 +8,16 @@ from gru_bench.models.stacked import (
     build_model,
     count_params,
     hidden_for_budget,
+    masked_nll,
 )
 
-__all__ = ["CELLS", "FAST_MODES", "IMPLS", "StackedModel", "build_model", "count_params", "hidden_for_budget"]
+__all__ = [
+    "CELLS",
+    "FAST_MODES",
+    "IMPLS",
+    "StackedModel",
+    "build_model",
+    "count_params",
+    "hidden_for_budget",
+    "masked_nll",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gru_bench.data.registry import N_NOTES
@@ -46,6 +47,25 @@ def hidden_for_budget(cell: str, impl: str, budget: int) -> int:
         h += 1
     below, above = count_params(cell, impl, h), count_params(cell, impl, h + 1)
     return h if budget - below <= above - budget else h + 1
+
+
+def masked_nll(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per model: (sum over unmasked frames of the frame NLL, number of unmasked frames), each (K,).
+
+    Frame NLL = -sum over the 88 notes of [y log p + (1 - y) log(1 - p)], p = sigmoid(logit), in nats.
+    logits, targets (K, B, T, 88); mask (K, B, T) bool. Model k is scored on its own slice, cut to its last
+    unmasked step, so padding added for the other models of a stack never touches its arithmetic.
+    """
+    # model k's last unmasked step + 1 (the mask of a sequence is a prefix), for all models in one op
+    ends = (mask.any(1) * torch.arange(1, mask.shape[2] + 1, device=mask.device)).amax(1).tolist()
+    sums = []
+    for k, t in enumerate(ends):
+        # contiguous copies: torch's vectorised log/exp round differently from its scalar tail loop, so the
+        # same frame must sit at the same place in memory as when model k trains alone
+        lg, y, m = (a[k, :, :t].contiguous() for a in (logits, targets, mask))
+        nll = F.binary_cross_entropy_with_logits(lg, y, reduction="none").sum(-1)
+        sums.append(torch.where(m, nll, 0.0).sum())
+    return torch.stack(sums), mask.sum((1, 2))
 
 
 def _orthogonal(n: int, gen: torch.Generator) -> Tensor:
@@ -128,6 +148,15 @@ class StackedModel(nn.Module):
         hs = self.hidden_states(x).reshape(K, B * T, self.hidden)
         return torch.baddbmm(self.c.unsqueeze(1), hs, self.V).reshape(K, B, T, n_in)
 
+    def nll(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(K,) summed frame NLL of predicting x[:, :, 1:] from x[:, :, :-1], over each sequence's first
+        lengths[k, s] predictions; x (K, B, T + 1, n_in). The CPU kernels compute loss and gradient inside
+        numba (float64 sums); pure torch uses `masked_nll`."""
+        if self.use_kernels(x):
+            return self._kernel_forward(x, lengths, nll=True)
+        mask = torch.arange(x.shape[2] - 1, device=x.device) < lengths.unsqueeze(-1)
+        return masked_nll(self(x[:, :, :-1], lengths), x[:, :, 1:], mask)[0]
+
     def hidden_states(self, x: Tensor) -> Tensor:
         """Pure torch: x (K, B, T, n_in) -> hidden states (K, B, T, H)."""
         K, B, T, n_in = x.shape
@@ -137,19 +166,19 @@ class StackedModel(nn.Module):
         peep = (self.peep,) if self.cell == "lstm" else ()
         return _PAPER[self.cell](xp.reshape(K, B, T, -1), self.U, *peep)
 
-    def _kernel_forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+    def _kernel_forward(self, x: Tensor, lengths: Tensor | None, nll: bool = False) -> Tensor:
         """The same function through one numba autograd op (the fused form re-laid out for it)."""
         if self.impl == "paper":
             peep = self.peep if self.cell == "lstm" else None
-            return kernels.run(self.cell, x, self.W, self.b, self.U, self.V, self.c, peep, lengths)
+            return kernels.run(self.cell, x, self.W, self.b, self.U, self.V, self.c, peep, lengths, nll)
         W, U = self.w_ih.transpose(1, 2), self.w_hh.transpose(1, 2)
         if self.cell == "gru":  # b_hn stays inside r * (U_n h + b_hn); the other hidden biases fold into b
             H = self.hidden
             b_hh_rz = torch.cat([self.b_hh[:, : 2 * H], torch.zeros_like(self.b_hh[:, 2 * H :])], dim=1)
             b_hn = self.b_hh[:, 2 * H :]
-            return kernels.run("gru_cudnn", x, W, self.b_ih + b_hh_rz, U, self.V, self.c, b_hn, lengths)
+            return kernels.run("gru_cudnn", x, W, self.b_ih + b_hh_rz, U, self.V, self.c, b_hn, lengths, nll)
         no_peep = x.new_zeros(self.k, 3, self.hidden) if self.cell == "lstm" else None
-        return kernels.run(self.cell, x, W, self.b_ih + self.b_hh, U, self.V, self.c, no_peep, lengths)
+        return kernels.run(self.cell, x, W, self.b_ih + self.b_hh, U, self.V, self.c, no_peep, lengths, nll)
 
     def extra_repr(self) -> str:
         return f"cell={self.cell}, impl={self.impl}, hidden={self.hidden}, k={self.k}, fast={self.fast}"
