@@ -109,7 +109,9 @@ def measure(
 ) -> list[float]:
     """Median time steps per second (all K models counted) of one training update, per variant.
 
-    The variants take turns within each repeat, so a busy machine slows them all alike.
+    The variants take turns within each repeat, so a busy machine slows them all alike. Each turn runs one
+    untimed update first: the first update after another variant's (a large pure-torch stack's above all)
+    runs up to 3x slower on memory and caches that variant left behind, which is not the variant's own cost.
     """
     steps = [_setup(v, batch, length, seed) for v in vs]
     for step in steps:
@@ -118,6 +120,7 @@ def measure(
     times: list[list[float]] = [[] for _ in vs]
     for _ in range(repeats):
         for step, ts in zip(steps, times, strict=True):
+            step()
             t0 = time.perf_counter()
             step()
             ts.append(time.perf_counter() - t0)
