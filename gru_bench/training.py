@@ -1,4 +1,4 @@
-"""Training and evaluation: next-frame NLL, RMSProp + weight noise, early stopping, resumable run dirs.
+"""Training and evaluation: next-frame NLL, RMSProp + weight noise, early stopping; run folders: rundir.
 
 One code path: `train(cfg)` is `train_lockstep([cfg])`. K configs that differ only in per-model scalars
 (seed, learning rate, weight noise, ...) train as ONE stacked model; every model keeps its own data order,
@@ -12,16 +12,9 @@ generators seeded from its own seed only, and all of its arithmetic runs on its 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import math
-import os
 import platform
-import socket
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,21 +33,25 @@ from torch import Tensor
 
 import gru_bench
 from gru_bench import data as datasets
-from gru_bench.config import Config, config_hash, dump, load_config, parse_override, run_name
+from gru_bench.config import Config, config_hash, dump, load_config, parse_override
 from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
 from gru_bench.errors import UserError
-from gru_bench.fsutil import atomic_write, write_json, write_text
-from gru_bench.models import StackedModel, build_model, hidden_for_budget
+from gru_bench.fsutil import write_text
+from gru_bench.models import StackedModel
 from gru_bench.optim import StackedRMSProp
-from gru_bench.paths import results_dir
+from gru_bench.rundir import (
+    default_run_dir,
+    load_run,
+    model_for,
+    prepare_dir,
+    run_config,
+    run_lock,
+    save_checkpoint,
+    saved_summary,
+    write_outputs,
+)
 
-try:
-    import fcntl
-except ImportError:  # Windows: runs train unlocked (see run_lock)
-    fcntl = None
-
-METRICS = ("epoch", "updates", "seconds", "lr", "train_nll", "valid_nll", "grad_norm")
 # Fields that may differ between the models of one lockstep stack (everything else defines the stack).
 PER_MODEL = {
     "training.seed",
@@ -199,20 +196,6 @@ _SAVED = (
 )
 
 
-def default_run_dir(cfg: Config) -> Path:
-    root = Path(cfg.run.out_dir) if cfg.run.out_dir else results_dir() / "runs"
-    return root / cfg.dataset / cfg.model.cell / run_name(cfg)
-
-
-def _hidden(cfg: Config) -> int | None:
-    m = cfg.model
-    return hidden_for_budget(m.cell, m.impl, m.param_budget) if m.param_budget else m.hidden
-
-
-def _build(cfg: Config, k: int) -> StackedModel:
-    return build_model(cfg.model.cell, cfg.model.impl, _hidden(cfg), k=k, fast=cfg.model.fast)
-
-
 def _device(cfg: Config, strict: bool = True) -> torch.device:
     """training.device; not `strict` (evaluation): a run trained on a GPU is scored on the CPU if need be."""
     want, gpu = cfg.training.device, torch.cuda.is_available()
@@ -233,40 +216,6 @@ def _model_state(model: StackedModel, i: int) -> dict[str, Tensor]:
 def _load_model_state(model: StackedModel, i: int, state: dict[str, Tensor]) -> None:
     for name, p in model.state_dict().items():
         p[i].copy_(state[name][0])
-
-
-def _save(path: Path, obj: dict) -> None:
-    with atomic_write(path) as f:
-        torch.save(obj, f)
-
-
-def _load(path: Path) -> dict:
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr: the error says it all
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path} not found") from None
-    except Exception as e:  # a truncated or foreign file; torch's own text runs to several sentences
-        text = str(e).strip()
-        why = type(e).__name__ + (f": {text.splitlines()[0].split('. ')[0][:100]}" if text else "")
-        raise UserError(
-            f"{path} is damaged or not a gru-bench checkpoint ({why}): restore it, or train the run again"
-        ) from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} is not a gru-bench checkpoint (it holds a {type(state).__name__})")
-    return state
-
-
-def _mismatch(want: dict[str, Tensor], got: dict) -> str:
-    """How a checkpoint's weights differ from a model's, briefly (torch's text gives a line per tensor)."""
-    diffs = [f"no {k}" for k in want if k not in got] + [f"an extra {k}" for k in got if k not in want]
-    for k, v in want.items():
-        if k in got and not isinstance(got[k], Tensor):
-            diffs.append(f"{k} as a {type(got[k]).__name__}")
-        elif k in got and got[k].shape != v.shape:
-            diffs.append(f"{k} of shape {tuple(got[k].shape)}, not {tuple(v.shape)}")
-    return diffs[0] + (f" (and {len(diffs) - 1} more differences)" if len(diffs) > 1 else "") if diffs else ""
 
 
 # --- training ---------------------------------------------------------------------------------------------
@@ -291,131 +240,6 @@ def _check_stack(cfgs: list[Config]) -> None:
                 f"lockstep: {c.source} differs from {cfgs[0].source} in {', '.join(diff)}; "
                 f"only {', '.join(sorted(PER_MODEL))} may differ within a stack"
             )
-
-
-def _prepare_dir(run: _Run, resume: bool) -> dict | None:
-    """The checkpoint to resume from (None: start fresh); refuses to overwrite existing work."""
-    last, summary = run.dir / "last.pt", run.dir / "summary.json"
-    if resume:
-        if not (run.dir / "config.yaml").exists():
-            return None  # nothing was saved yet: start it
-        saved = load_config(run.dir / "config.yaml")
-        if config_hash(saved) != config_hash(run.cfg) or saved.training.seed != run.cfg.training.seed:
-            raise UserError(
-                f"{run.dir}: the config differs from the one the run started with; resume with "
-                f"'gru-bench train --resume {run.dir}' (it reads {run.dir}/config.yaml)"
-            )
-        return _load(last) if last.exists() else None
-    if last.exists() or summary.exists():
-        saved = _saved_summary(run.dir)
-        if saved is None and summary.exists():
-            raise UserError(
-                f"{summary} is damaged (not a JSON object): 'gru-bench train --resume {run.dir}' continues "
-                "the run (from last.pt, if any) and rewrites it; or train a new one with another --name"
-            )
-        status = (saved or {}).get("status", "running")
-        if status == "running":
-            raise UserError(
-                f"{run.dir} holds an unfinished run; continue it with 'gru-bench train --resume "
-                f"{run.dir}', or train a new one with another --name"
-            )
-        raise UserError(
-            f"{run.dir} holds a finished run ({status}); never overwritten: train a new one with "
-            "another --name or seed"
-        )
-    return None
-
-
-def _saved_summary(run_dir: Path) -> dict | None:
-    """A run dir's summary.json; None if it is missing or damaged (atomic writes never leave it half-done,
-    but a disk error or an editor can)."""
-    try:
-        saved = json.loads((run_dir / "summary.json").read_text())
-    except (FileNotFoundError, ValueError):  # UnicodeDecodeError is a ValueError
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
-# --- one writer per run dir -------------------------------------------------------------------------------
-
-LOCK = ".lock"
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, console: Console) -> Iterator[None]:
-    """Hold `run_dir/.lock` while training writes the folder, so that a second `train` or `--resume` of it is
-    refused instead of both writing it.
-
-    The lock is an flock on the file, not the file itself: the OS drops it when its process dies however it
-    dies (kill -9, a sweep stopping its workers), so a file left behind is stale and simply taken over. The
-    file names the holder (PID and host) for the error message. Folders created here and still empty at the
-    end (training refused to start) are removed again.
-    """
-    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
-    path = run_dir / LOCK
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(path, run_dir, console)
-    except OSError as e:
-        raise UserError(
-            f"cannot write {path} ({e.strerror or e}): give another run folder, or fix its permissions"
-        ) from None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # before the lock is released: a waiting process then locks a fresh file
-            os.close(fd)
-        for d in created:  # innermost first
-            with contextlib.suppress(OSError):
-                d.rmdir()  # only if empty
-
-
-def _acquire(path: Path, run_dir: Path, console: Console) -> int | None:
-    """The locked file descriptor of `path` (None where the filesystem cannot lock: warned, not refused)."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            if fcntl is None:
-                raise OSError("no fcntl on this system")
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise UserError(
-                f"{run_dir} is being trained by {holder}: wait for it to finish, or stop it and then "
-                f"'gru-bench train --resume {run_dir}'"
-            ) from None
-        except OSError as e:  # e.g. a network filesystem without locks
-            os.close(fd)
-            path.unlink()
-            console.print(
-                f"[yellow]cannot lock {path} ({e.strerror or e}); make sure no other training uses it"
-            )
-            return None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the holder removed the file between our open and lock: lock the new one
-    stale = os.read(fd, 200).decode(errors="replace").strip()
-    if stale:
-        console.print(f"[yellow]{path}: taking over the lock of {stale}, which ended without removing it")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    return fd
-
-
-def _write_outputs(run: _Run, extra: dict) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRICS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(run.metrics)
-    write_text(run.dir / "metrics.csv", buf.getvalue())
-    write_json(run.dir / "summary.json", _summary(run, extra))
 
 
 def _summary(run: _Run, extra: dict) -> dict:
@@ -513,7 +337,7 @@ def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: boo
 def _train_locked(cfgs: list[Config], dirs: list[Path], resume: bool, console: Console) -> list[dict]:
     quiet = console.quiet
     runs = [_Run(c, d, _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
-    states = [_prepare_dir(r, resume) for r in runs]
+    states = [prepare_dir(r.dir, r.cfg, resume) for r in runs]
     cfg, k = cfgs[0], len(cfgs)
     device = _device(cfg)
 
@@ -525,7 +349,7 @@ def _train_locked(cfgs: list[Config], dirs: list[Path], resume: bool, console: C
     train_seqs = [x for x in seqs["train"] if len(x) > 1]  # a 1-frame sequence predicts nothing
     baseline = bernoulli_baseline(rolls)
 
-    model = _build(cfg, k)
+    model = model_for(cfg, k)
     model.init_weights([r.gens["init"] for r in runs], cfg.training.init_scale, cfg.training.init_orthogonal)
     model.to(device)
     tc = [r.cfg.training for r in runs]
@@ -552,8 +376,8 @@ def _train_locked(cfgs: list[Config], dirs: list[Path], resume: bool, console: C
     for run in runs:
         if run.active:
             write_text(run.dir / "config.yaml", dump(run.cfg))
-        if run.active or _saved_summary(run.dir) is None:  # a finished run's damaged summary is rewritten
-            _write_outputs(run, extra)
+        if run.active or saved_summary(run.dir) is None:  # a finished run's damaged summary is rewritten
+            write_outputs(run.dir, run.metrics, _summary(run, extra))
     if not any(r.active for r in runs):
         console.print("already finished: " + ", ".join(f"{r.dir} ({r.status})" for r in runs))
         return [_summary(r, extra) for r in runs]
@@ -716,7 +540,7 @@ def _end_epoch(
                 run.message = f"non-finite valid NLL in epoch {run.epoch}; kept the best model"
             elif valid_nll[i] < run.best_valid:
                 run.best_valid, run.best_epoch, run.bad_epochs = valid_nll[i], run.epoch, 0
-                _save(
+                save_checkpoint(
                     run.dir / "best.pt",
                     {"model": _model_state(model, i), "epoch": run.epoch, "valid_nll": valid_nll[i]},
                 )
@@ -739,11 +563,11 @@ def _end_epoch(
                 f"{run.dir.name}: {run.status} ({run.message}); best valid {run.best_valid:.3f} "
                 f"@ epoch {run.best_epoch}, test {run.test_nll}"
             )
-        _save(
+        save_checkpoint(
             run.dir / "last.pt",
             {"model": _model_state(model, i), "optim": opt.state_of(i), "run": run.state()},
         )
-        _write_outputs(run, extra)
+        write_outputs(run.dir, run.metrics, _summary(run, extra))
 
 
 def _best_nll(run: _Run, seqs: dict[str, list[Tensor]], split: str, device: torch.device) -> float | None:
@@ -752,46 +576,6 @@ def _best_nll(run: _Run, seqs: dict[str, list[Tensor]], split: str, device: torc
         return None
     model, cfg = load_run(run.dir, "best")
     return split_nll(model.to(device), seqs[split], cfg.training.eval_batch_size, device)[0]
-
-
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Config]:
-    """A run's saved model (K=1, eval mode, CPU) from `best.pt` or `last.pt`, and its resolved config."""
-    run_dir = Path(run_dir)
-    if which not in ("best", "last"):
-        raise UserError(f"--which must be best or last, got {which!r}")
-    cfg = run_config(run_dir)
-    path = run_dir / f"{which}.pt"
-    if not path.exists() and (run_dir / "last.pt").exists():  # every epoch saves last.pt, best.pt if finite
-        raise UserError(
-            f"{path} not found: no epoch of {run_dir} reached a finite valid NLL; try --which last"
-        )
-    if not path.exists():
-        raise UserError(
-            f"{path} not found: {run_dir} has not finished an epoch yet; continue it with "
-            f"'gru-bench train --resume {run_dir}'"
-        )
-    model = _build(cfg, 1)
-    weights = _load(path).get("model")
-    if not isinstance(weights, dict):
-        raise UserError(f"{path} holds no model weights: not a gru-bench checkpoint of {run_dir}")
-    diff = _mismatch(model.state_dict(), weights)
-    if diff:
-        raise UserError(
-            f"{path} does not match {run_dir / 'config.yaml'} ({cfg.model.cell}, hidden {model.hidden}): "
-            f"the checkpoint has {diff}; was the config edited after training? restore it"
-        )
-    model.load_state_dict(weights)
-    return model.eval(), cfg
-
-
-def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
-    """The resolved config a run dir was trained with (`overrides`: see RESUME_KEYS)."""
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(
-            f"{run_dir} is not a run folder (no config.yaml): give a folder that 'gru-bench train' wrote, "
-            "e.g. results/runs/jsb/gru/seed1"
-        )
-    return load_config(run_dir / "config.yaml", overrides)
 
 
 def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> float:

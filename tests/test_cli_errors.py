@@ -22,8 +22,8 @@ from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write, write_text
 from gru_bench.models import build_model
 from gru_bench.paths import raw_dir
+from gru_bench.rundir import run_lock
 from gru_bench.search import override
-from gru_bench.training import run_lock
 
 
 def fails(args: list[str], *fragments: str) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru_bench import training
+from gru_bench import rundir, training
 from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data import PianoRolls, processed_path
 from gru_bench.errors import UserError
@@ -358,7 +358,7 @@ def test_train_writes_the_run_dir(tmp_path: Path, tiny_jsb: Path):
         "last.pt",
     }
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    assert list(rows[0]) == list(training.METRICS) and [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == list(rundir.METRICS) and [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert [int(r["updates"]) for r in rows] == [10, 20, 30]
     saved = json.loads((run / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
@@ -536,32 +536,32 @@ def test_non_finite_gradient_skips_the_update_but_a_finite_loss_keeps_training(
 
 def test_load_run_rejects_what_is_not_a_run(tmp_path: Path, tiny_jsb: Path):
     with pytest.raises(UserError, match="not a run folder"):
-        training.load_run(tmp_path)
+        rundir.load_run(tmp_path)
     run = tmp_path / "run"
     train(_cfg(tmp_path, "training.max_epochs=1"), run, quiet=True)
     with pytest.raises(UserError, match="best or last"):
-        training.load_run(run, "worst")
+        rundir.load_run(run, "worst")
     torch.save({"model": _weights(run, "best") | {"V": torch.zeros(1, 3, 88)}}, run / "best.pt")
     with pytest.raises(
         UserError, match=r"best.pt does not match .*config.yaml \(gru, hidden 6\).* V of shape"
     ):
-        training.load_run(run)
-    model, cfg = training.load_run(run, "last")
+        rundir.load_run(run)
+    model, cfg = rundir.load_run(run, "last")
     assert not model.training and model.hidden == 6
     assert cfg.to_dict() == load_config(run / "config.yaml").to_dict()
     (run / "best.pt").unlink()
     with pytest.raises(UserError, match="try --which last"):
-        training.load_run(run)
+        rundir.load_run(run)
     (run / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(
         UserError, match=r"last.pt is damaged or not a gru-bench checkpoint \(\w+: [^\n]{,120}\)"
     ):
-        training.load_run(run, "last")
+        rundir.load_run(run, "last")
     (run / "last.pt").unlink()
     with pytest.raises(
         UserError, match="has not finished an epoch yet; continue it with 'gru-bench train --resume"
     ):
-        training.load_run(run, "last")
+        rundir.load_run(run, "last")
 
 
 def test_a_damaged_summary_is_refused_then_repaired_by_resume(tmp_path: Path, tiny_jsb: Path):
@@ -628,7 +628,7 @@ def test_a_second_train_of_a_live_run_dir_is_refused(
         ]
         * 2
     )
-    assert not (run / training.LOCK).exists()
+    assert not (run / rundir.LOCK).exists()
 
 
 def test_ctrl_c_releases_the_lock_and_a_stale_lock_is_taken_over(
@@ -644,13 +644,13 @@ def test_ctrl_c_releases_the_lock_and_a_stale_lock_is_taken_over(
     monkeypatch.setattr(training, "_end_epoch", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run, quiet=True)
-    assert not (run / training.LOCK).exists()
+    assert not (run / rundir.LOCK).exists()
     monkeypatch.setattr(training, "_end_epoch", real_end)
-    (run / training.LOCK).write_text("PID 999999999 on gone-host\n")  # left by a killed training
+    (run / rundir.LOCK).write_text("PID 999999999 on gone-host\n")  # left by a killed training
     capsys.readouterr()
     assert train(cfg, run, resume=True)["epochs"] == 2
     assert "taking over the lock of PID 999999999 on gone-host" in capsys.readouterr().out
-    assert not (run / training.LOCK).exists()
+    assert not (run / rundir.LOCK).exists()
 
 
 def test_a_refused_start_leaves_no_empty_run_dir(tmp_path: Path, data_home: Path):

@@ -1,0 +1,260 @@
+"""The run folder: config.yaml, metrics.csv, summary.json, best.pt and last.pt of one trained model.
+
+The folder is a run's only state, so everything that reads or guards it lives here, apart from the training
+loop: a fresh `train` never overwrites earlier work, `--resume` continues from last.pt, one process at a time
+writes it (`run_lock`), and `load_run` rebuilds the trained model for `evaluate` and `sample`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import Tensor
+
+from gru_bench.config import Config, config_hash, load_config, run_name
+from gru_bench.errors import UserError
+from gru_bench.fsutil import atomic_write, write_json, write_text
+from gru_bench.models import StackedModel, build_model, hidden_for_budget
+from gru_bench.paths import results_dir
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs train unlocked (see run_lock)
+    fcntl = None
+
+# The columns of metrics.csv, a row per epoch.
+METRICS = ("epoch", "updates", "seconds", "lr", "train_nll", "valid_nll", "grad_norm")
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """<out_dir or results/runs>/<dataset>/<cell>/<run name>: where `train` writes a config's run."""
+    root = Path(cfg.run.out_dir) if cfg.run.out_dir else results_dir() / "runs"
+    return root / cfg.dataset / cfg.model.cell / run_name(cfg)
+
+
+def _hidden(cfg: Config) -> int | None:
+    m = cfg.model
+    return hidden_for_budget(m.cell, m.impl, m.param_budget) if m.param_budget else m.hidden
+
+
+def model_for(cfg: Config, k: int) -> StackedModel:
+    """A stack of k untrained models of the config's cell, implementation and size."""
+    return build_model(cfg.model.cell, cfg.model.impl, _hidden(cfg), k=k, fast=cfg.model.fast)
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Config]:
+    """A run's saved model (K=1, eval mode, CPU) from `best.pt` or `last.pt`, and its resolved config."""
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise UserError(f"--which must be best or last, got {which!r}")
+    cfg = run_config(run_dir)
+    path = run_dir / f"{which}.pt"
+    if not path.exists() and (run_dir / "last.pt").exists():  # every epoch saves last.pt, best.pt if finite
+        raise UserError(
+            f"{path} not found: no epoch of {run_dir} reached a finite valid NLL; try --which last"
+        )
+    if not path.exists():
+        raise UserError(
+            f"{path} not found: {run_dir} has not finished an epoch yet; continue it with "
+            f"'gru-bench train --resume {run_dir}'"
+        )
+    model = model_for(cfg, 1)
+    weights = load_checkpoint(path).get("model")
+    if not isinstance(weights, dict):
+        raise UserError(f"{path} holds no model weights: not a gru-bench checkpoint of {run_dir}")
+    diff = _mismatch(model.state_dict(), weights)
+    if diff:
+        raise UserError(
+            f"{path} does not match {run_dir / 'config.yaml'} ({cfg.model.cell}, hidden {model.hidden}): "
+            f"the checkpoint has {diff}; was the config edited after training? restore it"
+        )
+    model.load_state_dict(weights)
+    return model.eval(), cfg
+
+
+def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
+    """The resolved config a run dir was trained with (`overrides`: see training.RESUME_KEYS)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(
+            f"{run_dir} is not a run folder (no config.yaml): give a folder that 'gru-bench train' wrote, "
+            "e.g. results/runs/jsb/gru/seed1"
+        )
+    return load_config(run_dir / "config.yaml", overrides)
+
+
+# --- fresh or resumed -------------------------------------------------------------------------------------
+
+
+def prepare_dir(run_dir: Path, cfg: Config, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None: start fresh); refuses to overwrite existing work."""
+    last, summary = run_dir / "last.pt", run_dir / "summary.json"
+    if resume:
+        if not (run_dir / "config.yaml").exists():
+            return None  # nothing was saved yet: start it
+        saved = load_config(run_dir / "config.yaml")
+        if config_hash(saved) != config_hash(cfg) or saved.training.seed != cfg.training.seed:
+            raise UserError(
+                f"{run_dir}: the config differs from the one the run started with; resume with "
+                f"'gru-bench train --resume {run_dir}' (it reads {run_dir}/config.yaml)"
+            )
+        return load_checkpoint(last) if last.exists() else None
+    if last.exists() or summary.exists():
+        saved = saved_summary(run_dir)
+        if saved is None and summary.exists():
+            raise UserError(
+                f"{summary} is damaged (not a JSON object): 'gru-bench train --resume {run_dir}' continues "
+                "the run (from last.pt, if any) and rewrites it; or train a new one with another --name"
+            )
+        status = (saved or {}).get("status", "running")
+        if status == "running":
+            raise UserError(
+                f"{run_dir} holds an unfinished run; continue it with 'gru-bench train --resume "
+                f"{run_dir}', or train a new one with another --name"
+            )
+        raise UserError(
+            f"{run_dir} holds a finished run ({status}); never overwritten: train a new one with "
+            "another --name or seed"
+        )
+    return None
+
+
+def saved_summary(run_dir: Path) -> dict | None:
+    """A run dir's summary.json; None if it is missing or damaged (atomic writes never leave it half-done,
+    but a disk error or an editor can)."""
+    try:
+        saved = json.loads((run_dir / "summary.json").read_text())
+    except (FileNotFoundError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, obj: dict) -> None:
+    """best.pt or last.pt, written atomically: an interrupted save leaves the previous one."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's dict (on the CPU); a missing or damaged file is a one-line UserError."""
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except Exception as e:  # a truncated or foreign file; torch's own text runs to several sentences
+        text = str(e).strip()
+        why = type(e).__name__ + (f": {text.splitlines()[0].split('. ')[0][:100]}" if text else "")
+        raise UserError(
+            f"{path} is damaged or not a gru-bench checkpoint ({why}): restore it, or train the run again"
+        ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a gru-bench checkpoint (it holds a {type(state).__name__})")
+    return state
+
+
+def _mismatch(want: dict[str, Tensor], got: dict) -> str:
+    """How a checkpoint's weights differ from a model's, briefly (torch's text gives a line per tensor)."""
+    diffs = [f"no {k}" for k in want if k not in got] + [f"an extra {k}" for k in got if k not in want]
+    for k, v in want.items():
+        if k in got and not isinstance(got[k], Tensor):
+            diffs.append(f"{k} as a {type(got[k]).__name__}")
+        elif k in got and got[k].shape != v.shape:
+            diffs.append(f"{k} of shape {tuple(got[k].shape)}, not {tuple(v.shape)}")
+    return diffs[0] + (f" (and {len(diffs) - 1} more differences)" if len(diffs) > 1 else "") if diffs else ""
+
+
+def write_outputs(run_dir: Path, metrics: list[dict], summary: dict) -> None:
+    """metrics.csv and summary.json, rewritten whole after every epoch."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(metrics)
+    write_text(run_dir / "metrics.csv", buf.getvalue())
+    write_json(run_dir / "summary.json", summary)
+
+
+# --- one writer per run dir -------------------------------------------------------------------------------
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, console: Console) -> Iterator[None]:
+    """Hold `run_dir/.lock` while training writes the folder, so that a second `train` or `--resume` of it is
+    refused instead of both writing it.
+
+    The lock is an flock on the file, not the file itself: the OS drops it when its process dies however it
+    dies (kill -9, a sweep stopping its workers), so a file left behind is stale and simply taken over. The
+    file names the holder (PID and host) for the error message. Folders created here and still empty at the
+    end (training refused to start) are removed again.
+    """
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+    path = run_dir / LOCK
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, run_dir, console)
+    except OSError as e:
+        raise UserError(
+            f"cannot write {path} ({e.strerror or e}): give another run folder, or fix its permissions"
+        ) from None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # before the lock is released: a waiting process then locks a fresh file
+            os.close(fd)
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
+
+
+def _acquire(path: Path, run_dir: Path, console: Console) -> int | None:
+    """The locked file descriptor of `path` (None where the filesystem cannot lock: warned, not refused)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is None:
+                raise OSError("no fcntl on this system")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"{run_dir} is being trained by {holder}: wait for it to finish, or stop it and then "
+                f"'gru-bench train --resume {run_dir}'"
+            ) from None
+        except OSError as e:  # e.g. a network filesystem without locks
+            os.close(fd)
+            path.unlink()
+            console.print(
+                f"[yellow]cannot lock {path} ({e.strerror or e}); make sure no other training uses it"
+            )
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and lock: lock the new one
+    stale = os.read(fd, 200).decode(errors="replace").strip()
+    if stale:
+        console.print(f"[yellow]{path}: taking over the lock of {stale}, which ended without removing it")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
