@@ -249,9 +249,6 @@ class StackedRMSProp:
             )
             self._np_omr = (1 - self.rho).view(-1).numpy()  # the float32 1 - rho of the torch path
             self._acc = np.zeros(LANES)
-            self._weights_key: tuple[int, ...] | None = None
-            self._weights_np: tuple[np.ndarray, ...] = ()
-            self._forget_grads()
         self._clip_code = CLIPS.index(clip)  # 0 update, 1 grad, 2 none: the numba pass's `clip`
 
     def _split(self, flat: Tensor) -> list[Tensor]:
@@ -273,43 +270,14 @@ class StackedRMSProp:
         return torch.cat([p.grad.reshape(self.k, -1) for p in self.params], dim=1, out=self._g)
 
     def _grad_arrays(self) -> tuple[np.ndarray, ...]:
-        """(K, m_i) C-contiguous numpy views of the gradients (copies where one is not contiguous).
-
-        The views made by `grad_norms` serve the `step` after it while every `.grad` is the same tensor on
-        the same memory (views see in-place changes; copies are not kept)."""
-        grads = [p.grad for p in self.params]
-        ptrs = [g.data_ptr() for g in grads]
-        cached = self._grads_of
-        if ptrs == self._grads_ptrs and all(g is c for g, c in zip(grads, cached, strict=True)):
-            return self._grads_np
-        try:
-            arrays = tuple(g.numpy().reshape(self.k, -1) for g in grads)
-        except RuntimeError:  # a gradient that requires grad itself (create_graph=True)
-            arrays = tuple(g.detach().numpy().reshape(self.k, -1) for g in grads)
-        if all(a.flags.c_contiguous for a in arrays):
-            self._grads_of, self._grads_ptrs, self._grads_np = grads, ptrs, arrays
-        else:
-            arrays = tuple(np.ascontiguousarray(a) for a in arrays)
-        return arrays
-
-    def _forget_grads(self) -> None:
-        """Drop the cached gradient views (and so the references to the gradients)."""
-        self._grads_of: list[Tensor] = []
-        self._grads_ptrs: list[int] | None = None
-        self._grads_np: tuple[np.ndarray, ...] = ()
+        """(K, m_i) C-contiguous numpy views of the gradients (copies where one is not contiguous)."""
+        return tuple(np.ascontiguousarray(p.grad.detach().numpy().reshape(self.k, -1)) for p in self.params)
 
     def _weight_arrays(self) -> tuple[np.ndarray, ...] | None:
-        """(K, m_i) numpy views of the parameters, written in place; None if one is not contiguous.
-
-        Cached while every parameter keeps its storage (the views hold the old storages alive, so an equal
-        data_ptr is the same memory)."""
-        key = tuple(p.data_ptr() for p in self.params)
-        if key != self._weights_key:
-            if not all(p.is_contiguous() for p in self.params):
-                return None
-            self._weights_np = tuple(p.detach().numpy().reshape(self.k, -1) for p in self.params)
-            self._weights_key = key
-        return self._weights_np
+        """(K, m_i) numpy views of the parameters, written in place; None if one is not contiguous."""
+        if not all(p.is_contiguous() for p in self.params):
+            return None
+        return tuple(p.detach().numpy().reshape(self.k, -1) for p in self.params)
 
     def _norms(self, flat: Tensor) -> Tensor:
         return per_model_norm(flat.split(self.sizes, dim=1))
@@ -353,7 +321,6 @@ class StackedRMSProp:
                 self._acc,
             )
             _mark_modified(self.params)
-            self._forget_grads()
             return
         self._step_torch(lr, active, grad_norms)
 
