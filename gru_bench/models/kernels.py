@@ -425,7 +425,8 @@ class _NextFrame(torch.autograd.Function):
     def forward(ctx, kind, x, W, b, U, V, c, extra, steps, nll):
         xn, Wn, Un, Vn = _np(x), _np(W), _np(U), _np(V)
         K, B, T, _ = xn.shape
-        T -= nll  # the last frame is only a target
+        if nll:
+            T -= 1  # the last frame is only a target
         steps = np.full((K, B), T, np.int64) if steps is None else _np(steps.clamp(0, T).long())
         xp = np.empty((K, B, T, Wn.shape[2]), np.float32)
         _project(xn, Wn, _np(b), xp, steps)
