@@ -173,7 +173,11 @@ def evaluate_cmd(
     """Recompute the NLL per frame (nats) of a saved model on a split."""
     from gru_bench.training import evaluate
 
-    typer.echo(f"{run_dir} {which} {split} NLL: {evaluate(run_dir, split, which):.4f}")
+    nll = evaluate(run_dir, split, which)
+    typer.echo(
+        f"{run_dir} {which} {split} NLL: {nll.seq[0]:.4f} per sequence (the paper's metric), "
+        f"{nll.frame[0]:.4f} per frame"
+    )
 
 
 # --- compare / sample -----------------------------------------------------------------------------------
@@ -292,15 +296,19 @@ def sweep_cmd(
     address: str | None = _ADDRESS,
     lockstep: int | None = typer.Option(None, help="Runs per stacked model (default: the file's, else 3)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and what would happen to each."),
+    datasets: str | None = typer.Option(None, help="Only these of the file's datasets, e.g. jsb,piano-midi."),
 ) -> None:
     """Train a grid of runs; finished runs are skipped, interrupted ones resumed, failed ones retried."""
     from gru_bench import sweep
 
+    plan = sweep.load_sweep(sweep_file)
+    if datasets:
+        plan.datasets = sweep.only_datasets(plan, datasets)
     if dry_run:
-        for run, what in sweep.preview(sweep_file):
+        for run, what in sweep.preview(plan):
             typer.echo(f"{run:55s} {what}")
         return
-    result = sweep.run_sweep(sweep_file, workers=workers, backend=backend, address=address, lockstep=lockstep)
+    result = sweep.run_sweep(plan, workers=workers, backend=backend, address=address, lockstep=lockstep)
     for line in result.waiting:
         typer.secho(line, fg=typer.colors.YELLOW, err=True)
     if result.failed:
@@ -322,10 +330,14 @@ def search_cmd(
     workers: int | None = _WORKERS,
     backend: str = _BACKEND,
     address: str | None = _ADDRESS,
-    lockstep: int = typer.Option(LR_SEARCH_TRIALS, help="Trials per stacked model."),
+    lockstep: int = typer.Option(LR_SEARCH_TRIALS, help="Trials per stacked model (without pruning)."),
+    prune: bool = typer.Option(True, help="Successive halving: stop the worse trials at the rung epochs."),
+    rungs: str = typer.Option("10,30,90", help="Rung epochs of the pruning."),
+    eta: int = typer.Option(3, help="At each rung the best 1/eta of the trials go on."),
 ) -> None:
     """The paper's learning-rate search: train each sampled lr, keep the best validation NLL."""
-    from gru_bench.search import search
+    from gru_bench.config import parse_ints
+    from gru_bench.search import Halving, search
 
     rec = search(
         config,
@@ -338,6 +350,7 @@ def search_cmd(
         backend=backend,
         address=address,
         lockstep=lockstep,
+        prune=Halving(tuple(parse_ints(rungs, "--rungs")), eta) if prune else None,
     )
     for t in rec["trials"]:
         valid = "-" if t["best_valid_nll"] is None else f"{t['best_valid_nll']:.4f}"
@@ -346,7 +359,7 @@ def search_cmd(
     failed = {
         t["run"]: t["error"] or t["status"]
         for t in rec["trials"]
-        if t["status"] not in ("complete", "stopped_nan")
+        if t["status"] not in ("complete", "stopped_nan", "pruned")
     }
     if failed:
         _print_failures(failed)

@@ -30,6 +30,9 @@ from gru_bench.optim import CLIPS
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # the configs shipped with the repository
 DEVICES = ("auto", "cpu", "cuda")
 LR_DECAYS = ("linear", "none")
+LOSSES = ("mean", "sum")
+NOISE_ON = ("recurrent", "input_recurrent")
+METRIC_NAMES = ("seq", "frame")  # seq: mean over sequences of the per-frame NLL (the paper's); frame: pooled
 
 # A check is (predicate, what is allowed); the type is part of the check so one message covers both.
 Check = tuple[Callable[[Any], bool], str]
@@ -90,12 +93,22 @@ class TrainingConfig:
     lr: float = _f(1e-3, POSITIVE)
     lr_decay: str = _f("linear", _one_of(LR_DECAYS))
     lr_final: float = _f(0.01, UNIT_HALF)  # linear decay: lr x lr_final at the last epoch
+    loss: str = _f("mean", _one_of(LOSSES))  # per-frame mean over the batch | sum (the authors' code)
     momentum: float = _f(0.9, UNIT_OPEN)
     rms_decay: float = _f(0.95, UNIT_OPEN)
-    rms_eps: float = _f(1e-6, POSITIVE)
+    rms_eps: float = _f(1e-6, NONNEG)  # RMS normaliser max(sqrt(n + rms_eps), rms_floor); authors: 0 and 0.01
+    rms_floor: float = _f(0.0, NONNEG)
     clip: str = _f("update", _one_of(CLIPS))  # which per-model norm is rescaled to at most clip_norm
     clip_norm: float = _f(1.0, POSITIVE)
+    clip_velocity: bool = _f(True, BOOL)  # clip="update": the velocity is the clipped step (false: authors')
     weight_noise: float = _f(0.075, NONNEG)  # std of Gaussian noise on the recurrent weights, per update
+    noise_on: str = _f("recurrent", _one_of(NOISE_ON))  # U only | input_recurrent: W and U (the authors')
+    select: str = _f(
+        "seq", _one_of(METRIC_NAMES)
+    )  # valid metric that picks the best epoch: seq = the paper's
+    eval_train_every: int | None = _f(
+        10, _opt(POS_INT)
+    )  # train split also at every new best (null: only then)
     init_scale: float = _f(0.1, POSITIVE)  # uniform(-scale, scale) initialisation
     init_orthogonal: bool = _f(True, BOOL)  # orthogonal recurrent matrices
     shuffle: bool = _f(True, BOOL)  # new order of the training sequences every epoch
@@ -299,6 +312,11 @@ def _build(raw: dict, origin: dict[str, str], source: str, base_hash: str | None
         raise UserError(
             f"{origin.get('model.param_budget', source)}: set model.hidden or model.param_budget, "
             "not both (the other must be null)"
+        )
+    if cfg.training.rms_eps == 0 and cfg.training.rms_floor == 0:
+        raise UserError(
+            f"{origin.get('training.rms_eps', source)}: training.rms_eps and training.rms_floor are both 0, "
+            "so a zero gradient divides 0 by 0; set one of them > 0 (e.g. rms_floor: 0.01, the authors')"
         )
     cfg.base_hash = base_hash or config_hash(cfg)
     return cfg

@@ -33,7 +33,7 @@ from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write, write_json, write_text
 from gru_bench.paths import data_dir, results_dir
 
-FINAL = ("complete", "stopped_nan")  # summary.json statuses that re-running cannot change
+FINAL = ("complete", "stopped_nan", "pruned")  # summary.json statuses that re-running cannot change
 ERROR_FILE = "error.txt"
 BACKENDS = ("local", "ray")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -49,6 +49,8 @@ class RunSpec:
     run_dir: Path
     # merged into summary.json when the run ends (sweep / search bookkeeping)
     info: dict[str, Any] = field(default_factory=dict)
+    # search trials: (search.Halving, every trial's run dir); such runs train as one stack and are pruned
+    prune: tuple[Any, tuple[Path, ...]] | None = None
 
     @property
     def label(self) -> str:
@@ -155,11 +157,17 @@ def plan(
         if state in FINAL:
             skipped[spec.label] = Outcome("skipped", summary=read_summary(spec.run_dir))
             continue
-        key = lockstep_key(cfg) if lockstep > 1 else spec.label
+        if (
+            spec.prune
+        ):  # the trials of a pruned search compete at each rung: one stack, whatever lockstep says
+            key = "prune:" + str(spec.prune[1][0])
+        else:
+            key = lockstep_key(cfg) if lockstep > 1 else spec.label
         groups.setdefault((key, resumable(spec.run_dir)), []).append((spec, cfg))
     tasks = []
-    for (_, resume), members in groups.items():
-        for chunk in _chunks(members, lockstep):
+    for (key, resume), members in groups.items():
+        size = len(members) if key.startswith("prune:") else lockstep
+        for chunk in _chunks(members, size):
             tasks.append(Task([s for s, _ in chunk], [c for _, c in chunk], resume=resume))
     return skipped, sorted(tasks, key=_cost, reverse=True)
 
@@ -182,7 +190,14 @@ def train_task(task: Task) -> None:
 
     torch.set_num_threads(1)
     dirs = [r.run_dir for r in task.runs]
-    training.train_lockstep(task.configs, dirs, resume=task.resume, quiet=True)
+    pruner = None
+    if task.runs[0].prune:
+        from gru_bench.search import SuccessiveHalving
+
+        rule, group = task.runs[0].prune
+        column = "valid_nll_seq" if task.configs[0].training.select == "seq" else "valid_nll"
+        pruner = SuccessiveHalving(rule, group, column)
+    training.train_lockstep(task.configs, dirs, resume=task.resume, quiet=True, pruner=pruner)
 
 
 Runner = Callable[[Task], None]
@@ -300,7 +315,15 @@ def _ray_task(runner: Runner, task: Task, files: list[dict[str, bytes]], env: di
     os.environ.update(env)
     scratch = Path(tempfile.mkdtemp(prefix="gru-bench-"))
     try:
-        local = [replace(r, run_dir=scratch / str(i) / r.run_dir.name) for i, r in enumerate(task.runs)]
+        moved = {r.run_dir: scratch / str(i) / r.run_dir.name for i, r in enumerate(task.runs)}
+        local = [
+            replace(
+                r,
+                run_dir=moved[r.run_dir],
+                prune=r.prune and (r.prune[0], tuple(moved.get(d, d) for d in r.prune[1])),
+            )
+            for r in task.runs
+        ]
         for r, content in zip(local, files, strict=True):
             r.run_dir.mkdir(parents=True)
             for name, data in content.items():

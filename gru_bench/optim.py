@@ -3,9 +3,14 @@
 The update of model k, elementwise over all of its parameters (g: the gradient at the noisy weights):
 
     n <- rho n + (1 - rho) g^2                      running mean of squared gradients (rms_decay rho)
-    s  = mu v - lr g / sqrt(n + eps)                 momentum step (momentum mu)
+    s  = mu v - lr g / max(sqrt(n + eps), floor)     momentum step (momentum mu; floor 0 by default)
+    v <- s                                           clip_velocity=False (the authors' code) stops here
     s <- s * min(1, c / ||s||)                       clip="update": ||s|| is the norm of model k's whole step
-    v <- s;  w <- w + s                              the velocity is the clipped step
+    v <- s (clip_velocity=True, our default);  w <- w + s
+
+The authors' code (jych/librnn RMSPropMomentum, momentum_clipping=1, bound_inc=False) is eps=0, floor=0.01,
+clip_velocity=False: its normaliser is max(sqrt(n), 1e-2) and it clips only the step it applies, keeping the
+unclipped velocity (tests/test_optim.py transcribes its update rule and checks ours against it).
 
 This is Tieleman & Hinton's (2012) RMSProp (eps inside the root) followed by classical momentum, the
 Theano-era form of "RMSProp, momentum 0.9, averaging 0.95"; we chose it over Graves' (2013) centred variant
@@ -87,9 +92,10 @@ def _grad_norms(grads, acc, out):
 
 
 @_jit
-def _moments_squares(g, n, v, gs, rho, omr, lr, eps, mu, acc):
-    """n = rho n + (1 - rho) g^2; v = mu v - lr g / sqrt(n + eps), g scaled by gs (the torch path's float32
-    ops in its order); and acc += v^2 exactly as `_add_squares(v, acc)` adds them, in the same loop."""
+def _moments_squares(g, n, v, gs, rho, omr, lr, eps, floor, mu, acc):
+    """n = rho n + (1 - rho) g^2; v = mu v - lr g / max(sqrt(n + eps), floor), g scaled by gs (the torch
+    path's float32 ops in its order); and acc += v^2 exactly as `_add_squares(v, acc)` adds them, in the same
+    loop. floor = 0 changes nothing (a root is never below 0)."""
     lanes = acc.shape[0]
     m = g.shape[0]
     for o in range(0, m, lanes):
@@ -99,27 +105,32 @@ def _moments_squares(g, n, v, gs, rho, omr, lr, eps, mu, acc):
             gj = gb[j] * gs
             nj = nb[j] * rho + gj * gj * omr
             nb[j] = nj
-            s = vb[j] * mu - gj * lr / np.sqrt(nj + eps)
+            d = np.sqrt(nj + eps)
+            s = vb[j] * mu - gj * lr / (floor if d < floor else d)
             vb[j] = s
             acc[j] += np.float64(s) * np.float64(s)
 
 
 @_jit
-def _moments_apply(g, n, v, w, gs, rho, omr, lr, eps, mu):
+def _moments_apply(g, n, v, w, gs, rho, omr, lr, eps, floor, mu):
     """n and v as in `_moments_squares`, then w += v (no update clipping: the step is final)."""
     for j in range(g.shape[0]):
         gj = g[j] * gs
         nj = n[j] * rho + gj * gj * omr
         n[j] = nj
-        s = v[j] * mu - gj * lr / np.sqrt(nj + eps)
+        d = np.sqrt(nj + eps)
+        s = v[j] * mu - gj * lr / (floor if d < floor else d)
         v[j] = s
         w[j] += s
 
 
 @_jit
-def _apply(w, v, scale, scaled):
-    """v *= scale if scaled (the clipped step); w += v."""
-    if scaled:
+def _apply(w, v, scale, scaled, keep_v):
+    """w += v * scale if scaled, else w += v; v keeps the scaled step unless keep_v (unclipped velocity)."""
+    if scaled and keep_v:
+        for j in range(w.shape[0]):
+            w[j] += v[j] * scale
+    elif scaled:
         for j in range(w.shape[0]):
             s = v[j] * scale
             v[j] = s
@@ -130,11 +141,12 @@ def _apply(w, v, scale, scaled):
 
 
 @_jit
-def _rmsprop(grads, weights, n, v, active, lr, mu, rho, omr, eps, limit, gnorm, clip, acc):
+def _rmsprop(grads, weights, n, v, active, lr, mu, rho, omr, eps, floor, limit, gnorm, clip, keep_v, acc):
     """One update of every active model k (row k of each (K, m_i) gradient/weight, of the (K, P) state).
 
     clip: 0 "update" (a second pass scales the step once its norm is known, and applies it), 1 "grad"
-    (gnorm: the (K,) gradient norms), 2 "none". lr, mu, rho, omr = 1 - rho, eps, limit: (K,) float32.
+    (gnorm: the (K,) gradient norms), 2 "none". lr, mu, rho, omr = 1 - rho, eps, floor, limit: (K,) float32;
+    keep_v: the velocity stays unclipped (only the applied step is clipped).
     Inactive models are skipped: their weights and state are not touched."""
     for k in range(n.shape[0]):
         if not active[k]:
@@ -150,9 +162,9 @@ def _rmsprop(grads, weights, n, v, active, lr, mu, rho, omr, eps, limit, gnorm, 
             m = g.shape[0]
             ni, vi = nk[off : off + m], vk[off : off + m]
             if clip == 0:
-                _moments_squares(g, ni, vi, gs, rho[k], omr[k], lr[k], eps[k], mu[k], acc)
+                _moments_squares(g, ni, vi, gs, rho[k], omr[k], lr[k], eps[k], floor[k], mu[k], acc)
             else:
-                _moments_apply(g, ni, vi, weights[i][k], gs, rho[k], omr[k], lr[k], eps[k], mu[k])
+                _moments_apply(g, ni, vi, weights[i][k], gs, rho[k], omr[k], lr[k], eps[k], floor[k], mu[k])
             off += m
         if clip == 0:
             norm = _lane_norm(acc)
@@ -162,7 +174,7 @@ def _rmsprop(grads, weights, n, v, active, lr, mu, rho, omr, eps, limit, gnorm, 
             for i in range(len(weights)):
                 w = weights[i][k]
                 m = w.shape[0]
-                _apply(w, vk[off : off + m], scale, scaled)
+                _apply(w, vk[off : off + m], scale, scaled, keep_v)
                 off += m
 
 
@@ -214,10 +226,13 @@ class StackedRMSProp:
         clip: str,
         clip_norm: Sequence[float],
         *,
+        floor: Sequence[float] | None = None,
+        clip_velocity: bool = True,
         fast: bool | None = None,
     ):
-        """`fast`: None uses the numba pass where it can (CPU float32 parameters, numba importable), False
-        never, True insists (ValueError where it cannot)."""
+        """`floor`: (K,) lower bounds of the RMS normaliser (default 0: none); `clip_velocity`: False keeps
+        the unclipped velocity (the authors' code). `fast`: None uses the numba pass where it can (CPU float32
+        parameters, numba importable), False never, True insists (ValueError where it cannot)."""
         if clip not in CLIPS:
             raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
         self.params = list(params)
@@ -228,7 +243,8 @@ class StackedRMSProp:
             return torch.tensor(list(values), dtype=torch.float32, device=dev).view(-1, 1)
 
         self.mu, self.rho, self.eps, self.limit = col(momentum), col(rms_decay), col(eps), col(clip_norm)
-        self.clip = clip
+        self.floor = col([0.0] * self.k if floor is None else floor)
+        self.clip, self.clip_velocity = clip, clip_velocity
         self.sizes = [p[0].numel() for p in self.params]
         self._n = torch.zeros(self.k, sum(self.sizes), device=dev)
         self._v, self._g, self._tmp = (torch.zeros_like(self._n) for _ in range(3))
@@ -244,8 +260,8 @@ class StackedRMSProp:
             self._g = self._tmp = None  # the numba pass reads the gradients where they are, needs no scratch
             # (K,) numpy views and copies for the compiled pass; float32 like the torch path's columns
             self._np_n, self._np_v = self._n.numpy(), self._v.numpy()
-            self._np_mu, self._np_rho, self._np_eps, self._np_limit = (
-                t.view(-1).numpy() for t in (self.mu, self.rho, self.eps, self.limit)
+            self._np_mu, self._np_rho, self._np_eps, self._np_floor, self._np_limit = (
+                t.view(-1).numpy() for t in (self.mu, self.rho, self.eps, self.floor, self.limit)
             )
             self._np_omr = (1 - self.rho).view(-1).numpy()  # the float32 1 - rho of the torch path
             self._acc = np.zeros(LANES)
@@ -315,9 +331,11 @@ class StackedRMSProp:
                 self._np_rho,
                 self._np_omr,
                 self._np_eps,
+                self._np_floor,
                 self._np_limit,
                 gnorm,
                 self._clip_code,
+                not self.clip_velocity,
                 self._acc,
             )
             _mark_modified(self.params)
@@ -337,11 +355,13 @@ class StackedRMSProp:
             g.mul_(_scale(norms.to(g.dtype).view(-1, 1), self.limit))
         n.mul_(self.rho).add_(torch.mul(g, g, out=tmp).mul_(1 - self.rho))  # n = rho n + (1 - rho) g^2
         g.mul_(torch.tensor(list(lr), dtype=torch.float32, device=dev).view(-1, 1))
-        g.div_(torch.add(n, self.eps, out=tmp).sqrt_())
-        v.mul_(self.mu).sub_(g)  # v = s = mu v - lr g / sqrt(n + eps)
+        g.div_(torch.maximum(torch.add(n, self.eps, out=tmp).sqrt_(), self.floor, out=tmp))
+        v.mul_(self.mu).sub_(g)  # v = s = mu v - lr g / max(sqrt(n + eps), floor)
+        step = v
         if self.clip == "update":
-            v.mul_(_scale(self._norms(v).view(-1, 1), self.limit))
-        torch._foreach_add_(self.params, self._split(v))
+            scale = _scale(self._norms(v).view(-1, 1), self.limit)
+            step = torch.mul(v, scale, out=tmp) if not self.clip_velocity else v.mul_(scale)
+        torch._foreach_add_(self.params, self._split(step))
         if frozen is not None:
             for t, old in zip((self._n, self._v, *self.params), kept, strict=True):
                 t[frozen] = old

@@ -32,8 +32,13 @@ try:
 except ImportError:  # Windows: runs train unlocked (see run_lock)
     fcntl = None
 
-# The columns of metrics.csv, a row per epoch.
-METRICS = ("epoch", "updates", "seconds", "lr", "train_nll", "valid_nll", "grad_norm")
+# The columns of metrics.csv, a row per epoch: *_nll pools all frames of a split, *_nll_seq is the mean over
+# sequences (the paper's metric); train_* cells are empty in epochs where the train split was not scored.
+METRICS = (
+    "epoch", "updates", "seconds", "lr",
+    "train_nll", "train_nll_seq", "valid_nll", "valid_nll_seq",
+    "grad_norm",
+)  # fmt: skip
 
 
 def default_run_dir(cfg: Config) -> Path:

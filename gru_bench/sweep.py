@@ -9,7 +9,8 @@ A sweep file (see configs/sweeps/):
     config: ../{dataset}/{model}.yaml   # base config per dataset x model, relative to this file
     overrides: {training.max_epochs: 3} # set in every run
     grid: {training.weight_noise: [0, 0.075]}   # every combination is a separate set of runs
-    search: {trials: 10, log_lr_range: [-12, -6], seed: 0}  # optional: learning-rate search first
+    search: {trials: 10, log_lr_range: [-12, -6], seed: 0}  # optional: learning-rate search first;
+                                        # prune: {rungs: [10, 30, 90], eta: 3} (the default) or false
     lockstep: 3                         # runs per stacked model (seeds / lrs of one cell train together)
 
 With `search`, each dataset x model x grid point first trains the search trials (gru_bench.search), then its
@@ -28,10 +29,10 @@ from gru_bench import execute, paper
 from gru_bench.config import NAME, read_yaml
 from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
-from gru_bench.search import LR_KEY, SEED_KEY, Search, override
+from gru_bench.search import LR_KEY, SEED_KEY, Halving, Search, override
 
 KEYS = ("name", "datasets", "models", "seeds", "config", "overrides", "grid", "search", "lockstep")
-SEARCH_KEYS = ("trials", "log_lr_range", "seed")
+SEARCH_KEYS = ("trials", "log_lr_range", "seed", "prune")
 RESERVED = {"dataset": "datasets", "model.cell": "models", SEED_KEY: "seeds"}  # set by the sweep's own lists
 
 
@@ -89,7 +90,22 @@ def _search(raw: Any, where: str) -> dict[str, Any]:
             f"{where}: need trials: integer >= 1, seed: integer, log_lr_range: [low, high], low < high; "
             f"got {raw!r}"
         )
-    return {"trials": trials, "log_lr_range": (float(lr_range[0]), float(lr_range[1])), "seed": seed}
+    prune = raw.get("prune", {})
+    if prune is not False and (not isinstance(prune, dict) or set(prune) - {"rungs", "eta"}):
+        raise UserError(
+            f"{where}: prune must be false or a mapping {{rungs: [10, 30, 90], eta: 3}}, got {prune!r}"
+        )
+    if prune is not False:
+        try:
+            prune = Halving(tuple(prune.get("rungs", Halving.rungs)), prune.get("eta", Halving.eta))
+        except (TypeError, UserError) as e:
+            raise UserError(f"{where}: {e}") from None
+    return {
+        "trials": trials,
+        "log_lr_range": (float(lr_range[0]), float(lr_range[1])),
+        "seed": seed,
+        "prune": prune or None,
+    }
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -142,6 +158,18 @@ def load_sweep(path: str | Path) -> Sweep:
         search=search,
         lockstep=lockstep,
     )
+
+
+def only_datasets(sweep: Sweep, names: str) -> list[str]:
+    """The sweep's datasets restricted to comma-separated `names` (--datasets), in the order given."""
+    wanted = [d.key for n in names.split(",") if n.strip() for d in resolve_names(n.strip())]
+    missing = [d for d in wanted if d not in sweep.datasets]
+    if missing or not wanted:
+        raise UserError(
+            f"--datasets {names}: {', '.join(missing) or 'nothing'} not in {sweep.path}'s datasets "
+            f"({', '.join(sweep.datasets)})"
+        )
+    return list(dict.fromkeys(wanted))
 
 
 def _tag(key: str, value: Any) -> str:
@@ -236,6 +264,7 @@ def preview(sweep: Sweep | str | Path) -> list[tuple[str, str]]:
         what = {
             "complete": "skip (complete)",
             "stopped_nan": "skip (diverged)",
+            "pruned": "skip (pruned)",
             "new": "train",
             "partial": f"resume after epoch {execute.epochs_done(s.run_dir)}",
             "failed": f"retry (failed: {execute.error_line(s.run_dir)})",

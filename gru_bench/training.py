@@ -17,6 +17,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -61,6 +62,10 @@ PER_MODEL = {
     "training.momentum",
     "training.rms_decay",
     "training.rms_eps",
+    "training.rms_floor",
+    "training.loss",
+    "training.select",
+    "training.eval_train_every",
     "training.clip_norm",
     "training.weight_noise",
     "training.max_epochs",
@@ -91,6 +96,16 @@ def pad(seqs: list[list[Tensor] | None], device: torch.device) -> tuple[Tensor, 
     return torch.from_numpy(x).to(device), mask.to(device), lengths.to(device)
 
 
+class SplitNLL(NamedTuple):
+    """NLL per predicted frame of every model of a stack on one split, in both metrics (nats)."""
+
+    frame: list[float]  # all predicted frames of the split pooled (Boulanger-Lewandowski 2012, Bai et al.)
+    seq: list[float]  # mean over sequences of each sequence's mean frame NLL (the paper's: pylearn2 monitor)
+
+    def get(self, metric: str) -> list[float]:
+        return self.seq if metric == "seq" else self.frame
+
+
 @torch.no_grad()
 def split_nll(
     model: StackedModel,
@@ -98,30 +113,38 @@ def split_nll(
     batch_size: int,
     device: torch.device,
     active: list[bool] | None = None,
-) -> list[float]:
-    """NLL per predicted frame of every model of the stack on `seqs` (frame-weighted average, nats).
+) -> SplitNLL:
+    """NLL per predicted frame of every model of the stack on `seqs`, frame-weighted and per sequence.
 
-    Sequences are sorted by length and padded in big batches for speed; masking makes the result
-    independent of the batching, and passing the lengths lets the CPU kernels skip the padding. Models not
-    `active` (stopped) are not evaluated: NaN.
+    Chung et al. (2014) report pylearn2 monitor channels: at batch size 1 the monitor averages the per-frame
+    cost over batches, i.e. over sequences, so a short sequence counts as much as a long one. Sequences are
+    sorted by length and padded in big batches for speed; masking makes both results independent of the
+    batching, and passing the lengths lets the CPU kernels skip the padding. Models not `active` (stopped)
+    are not evaluated: NaN.
     """
     seqs = [x for x in seqs if len(x) > 1]  # a 1-frame sequence predicts nothing
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     on = torch.tensor([True] * model.k if active is None else active, device=device)
-    total = np.zeros(model.k)
+    total, per_seq = np.zeros(model.k), np.zeros(model.k)
     frames = 0
     model.eval()
     for start in range(0, len(order), batch_size):
         batch = [seqs[i] for i in order[start : start + batch_size]]
-        x, mask, lengths = pad([batch], device)
+        x, _, lengths = pad([batch], device)
         x = x.expand(model.k, -1, -1, -1).contiguous()
-        mask = mask.expand(model.k, -1, -1)
-        lengths = torch.where(on.view(-1, 1), lengths, 0)
-        total += model.nll(x, lengths).double().cpu().numpy()
-        frames += int(mask[0].sum())
+        n = lengths[0].double().cpu().numpy()
+        sums = model.nll(x, torch.where(on.view(-1, 1), lengths, 0)).double().cpu().numpy()  # (K, B)
+        total += sums.sum(1)
+        per_seq += (sums / n).sum(1)
+        frames += int(n.sum())
     model.train()
-    nll = total / frames if frames else np.full(model.k, math.nan)
-    return np.where(on.cpu().numpy(), nll, math.nan).tolist()
+    off = ~on.cpu().numpy()
+    if not frames:
+        return SplitNLL([math.nan] * model.k, [math.nan] * model.k)
+    return SplitNLL(
+        np.where(off, math.nan, total / frames).tolist(),
+        np.where(off, math.nan, per_seq / len(seqs)).tolist(),
+    )
 
 
 # --- per-model bookkeeping --------------------------------------------------------------------------------
@@ -160,6 +183,8 @@ class _Run:
     status: str = "running"
     message: str = ""
     test_nll: float | None = None
+    test_nll_seq: float | None = None
+    pruned_epoch: int | None = None
     metrics: list[dict] = field(default_factory=list)
     skipped: int = 0  # updates skipped because the gradient was not finite (see _update)
     grad_sum: float = 0.0  # this epoch's gradient norms (not saved: epochs end with a checkpoint)
@@ -191,6 +216,8 @@ _SAVED = (
     "status",
     "message",
     "test_nll",
+    "test_nll_seq",
+    "pruned_epoch",
     "metrics",
     "skipped",
 )
@@ -242,9 +269,13 @@ def _check_stack(cfgs: list[Config]) -> None:
             )
 
 
+def _at_best(run: _Run, key: str) -> float | None:
+    best = next((m for m in run.metrics if m["epoch"] == run.best_epoch), None)
+    return best.get(key) if best else None
+
+
 def _summary(run: _Run, extra: dict) -> dict:
     cfg = run.cfg
-    best = next((m for m in run.metrics if m["epoch"] == run.best_epoch), None)
     n = len(run.metrics)
     return {
         "dataset": cfg.dataset,
@@ -261,11 +292,16 @@ def _summary(run: _Run, extra: dict) -> dict:
         "epochs": run.epoch,
         "updates": run.updates,
         "skipped_updates": run.skipped,
+        "select_metric": cfg.training.select,
         "best_epoch": run.best_epoch,
-        "best_valid_nll": run.best_valid if run.best_epoch else None,
-        "train_nll": best["train_nll"] if best else None,
+        "best_valid_nll": run.best_valid if run.best_epoch else None,  # in the select metric
+        "pruned_epoch": run.pruned_epoch,
+        # at the best epoch; *_seq: the paper's per-sequence mean, else frame-weighted
+        **{key: _at_best(run, key) for key in ("train_nll", "train_nll_seq", "valid_nll", "valid_nll_seq")},
         "test_nll": run.test_nll,
+        "test_nll_seq": run.test_nll_seq,
         "baseline_nll": extra["baseline"],
+        "baseline_nll_seq": extra["baseline_seq"],
         "total_seconds": round(run.seconds, 3),
         "seconds_per_epoch": round(run.seconds / n, 3) if n else None,
         "config_hash": config_hash(cfg),
@@ -293,19 +329,31 @@ def _progress(console: Console, quiet: bool) -> Progress:
     )
 
 
+class Pruner(Protocol):
+    """Stops hopeless runs of a stack at the end of an epoch (see search.SuccessiveHalving)."""
+
+    def __call__(self, epoch: int, runs: dict[Path, list[dict]]) -> dict[Path, str]:
+        """`runs`: run dir -> metrics rows of the stack's running runs; returns run dir -> reason to stop."""
+        ...
+
+
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
     """Train one model (a lockstep stack of one) and return its summary."""
     return train_lockstep([cfg], [run_dir] if run_dir else None, resume=resume, quiet=quiet)[0]
 
 
 def train_lockstep(
-    cfgs: list[Config], run_dirs: list[Path] | None = None, resume: bool = False, quiet: bool = False
+    cfgs: list[Config],
+    run_dirs: list[Path] | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    pruner: Pruner | None = None,
 ) -> list[dict]:
     """Train K models as one stack; each writes its own run dir (see the module docstring). Returns summaries.
 
     Ctrl-C or a crash loses at most the current epoch: every epoch ends with an atomic checkpoint, and
     `resume=True` continues every run from it with the same RNG states (a run dir with nothing saved yet
-    starts afresh).
+    starts afresh). `pruner` may stop runs at the end of an epoch (status `pruned`; search trials).
 
     torch runs on `training.threads` CPU threads (default 1): these models are far too small for intra-op
     parallelism to pay, and on a busy machine torch's spinning OpenMP threads made an epoch 10x slower.
@@ -314,110 +362,262 @@ def train_lockstep(
     threads = torch.get_num_threads()
     if cfgs[0].training.threads:
         torch.set_num_threads(cfgs[0].training.threads)
-    try:
-        return _train_lockstep(cfgs, run_dirs, resume, quiet)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: bool, quiet: bool) -> list[dict]:
     console = Console(quiet=quiet, soft_wrap=True)
-    dirs = run_dirs or [default_run_dir(c) for c in cfgs]
-    if len(dirs) != len(cfgs) or len({Path(d).resolve() for d in dirs}) != len(dirs):
+    dirs = [Path(d) for d in run_dirs] if run_dirs else [default_run_dir(c) for c in cfgs]
+    if len(dirs) != len(cfgs) or len({d.resolve() for d in dirs}) != len(dirs):
         raise UserError(
             "lockstep: give one distinct run dir per config (two configs resolve to the same run name; "
             "set different seeds or run.name)"
         )
-    with contextlib.ExitStack() as locks:
-        for d in dirs:
-            locks.enter_context(run_lock(Path(d), console))
-        return _train_locked(cfgs, [Path(d) for d in dirs], resume, console)
-
-
-def _train_locked(cfgs: list[Config], dirs: list[Path], resume: bool, console: Console) -> list[dict]:
-    quiet = console.quiet
-    runs = [_Run(c, d, _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
-    states = [prepare_dir(r.dir, r.cfg, resume) for r in runs]
-    cfg, k = cfgs[0], len(cfgs)
-    device = _device(cfg)
-
-    rolls = datasets.load(cfg.dataset, cfg.data.route)
-    seqs = {s: [torch.from_numpy(x.astype(np.float32)) for x in rolls.splits[s]] for s in rolls.splits}
-    for split in ("train", "valid"):
-        if not any(len(x) > 1 for x in seqs.get(split, [])):
-            raise UserError(f"dataset {cfg.dataset}: the {split} split has no sequence of 2 or more frames")
-    train_seqs = [x for x in seqs["train"] if len(x) > 1]  # a 1-frame sequence predicts nothing
-    baseline = bernoulli_baseline(rolls)
-
-    model = model_for(cfg, k)
-    model.init_weights([r.gens["init"] for r in runs], cfg.training.init_scale, cfg.training.init_orthogonal)
-    model.to(device)
-    tc = [r.cfg.training for r in runs]
-    opt = StackedRMSProp(
-        list(model.parameters()),
-        [t.momentum for t in tc],
-        [t.rms_decay for t in tc],
-        [t.rms_eps for t in tc],
-        cfg.training.clip,
-        [t.clip_norm for t in tc],
-    )
-    for i, (run, state) in enumerate(zip(runs, states, strict=True)):
-        if state is not None:
-            _load_model_state(model, i, state["model"])
-            opt.load_state_of(i, state["optim"])
-            run.load(state["run"])
-    extra = {
-        "hidden": model.hidden,
-        "params": model.num_params(),
-        "baseline": baseline,
-        "device": str(device),
-        "k": k,
-    }
-    for run in runs:
-        if run.active:
-            write_text(run.dir / "config.yaml", dump(run.cfg))
-        if run.active or saved_summary(run.dir) is None:  # a finished run's damaged summary is rewritten
-            write_outputs(run.dir, run.metrics, _summary(run, extra))
-    if not any(r.active for r in runs):
-        console.print("already finished: " + ", ".join(f"{r.dir} ({r.status})" for r in runs))
-        return [_summary(r, extra) for r in runs]
-    console.print(
-        f"{cfg.dataset} {cfg.model.cell} ({cfg.model.impl}, hidden {model.hidden}): "
-        f"{extra['params']} parameters per model, {k} model(s) on {device}; baseline valid NLL "
-        f"{baseline['valid']:.3f}"
-    )
-    for run in runs:
-        console.print(f"  -> {run.dir}" + (f" (resuming after epoch {run.epoch})" if run.epoch else ""))
-
-    n_batches = math.ceil(len(train_seqs) / cfg.training.batch_size)
     try:
-        with _progress(console, quiet) as progress:
-            max_epochs = max(t.max_epochs for t in tc)
-            ep_task = progress.add_task("epochs", total=max_epochs, completed=min(r.epoch for r in runs))
-            up_task = progress.add_task("updates", total=n_batches)
-            while any(r.active for r in runs):
-                t0 = time.perf_counter()
-                trained = [r.active for r in runs]
-                batches = [_start_epoch(r, len(train_seqs)) if r.active else None for r in runs]
-                progress.update(up_task, completed=0)
-                for u in range(n_batches):
-                    if not any(r.active for r in runs):
-                        break
-                    seqs_u = [
-                        [train_seqs[j] for j in b[u]] if b and r.active else None
-                        for b, r in zip(batches, runs, strict=True)
-                    ]
-                    _update(model, opt, runs, seqs_u, device, console)
-                    progress.advance(up_task)
-                _end_epoch(model, opt, runs, trained, seqs, device, time.perf_counter() - t0, extra, console)
-                done = min(max(r.epoch for r in runs), max_epochs)
-                progress.update(ep_task, completed=done, description=_describe(runs))
-    except KeyboardInterrupt:
+        with contextlib.ExitStack() as locks:
+            for d in dirs:
+                locks.enter_context(run_lock(d, console))
+            return Trainer(cfgs, dirs, resume, console, pruner).fit()
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Trainer:
+    """One lockstep stack in training: its K runs, the stacked model, optimizer, device and data.
+
+    `fit` is the loop; `update` is one optimizer step of every active model, `end_epoch` evaluates, selects,
+    early-stops, prunes and checkpoints.
+    """
+
+    def __init__(
+        self, cfgs: list[Config], dirs: list[Path], resume: bool, console: Console, pruner: Pruner | None
+    ):
+        self.runs = [_Run(c, d, _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
+        states = [prepare_dir(r.dir, r.cfg, resume) for r in self.runs]
+        self.cfg, self.k, self.console, self.pruner = cfgs[0], len(cfgs), console, pruner
+        self.device = _device(self.cfg)
+        rolls = datasets.load(self.cfg.dataset, self.cfg.data.route)
+        self.seqs = {s: [torch.from_numpy(x.astype(np.float32)) for x in v] for s, v in rolls.splits.items()}
+        for split in ("train", "valid"):
+            if not any(len(x) > 1 for x in self.seqs.get(split, [])):
+                raise UserError(
+                    f"dataset {self.cfg.dataset}: the {split} split has no sequence of 2 or more frames"
+                )
+        self.train_seqs = [x for x in self.seqs["train"] if len(x) > 1]  # a 1-frame sequence predicts nothing
+
+        self.model = model_for(self.cfg, self.k)
+        tc = [r.cfg.training for r in self.runs]
+        self.model.init_weights([r.gens["init"] for r in self.runs], tc[0].init_scale, tc[0].init_orthogonal)
+        self.model.to(self.device)
+        self.opt = StackedRMSProp(
+            list(self.model.parameters()),
+            [t.momentum for t in tc],
+            [t.rms_decay for t in tc],
+            [t.rms_eps for t in tc],
+            tc[0].clip,
+            [t.clip_norm for t in tc],
+            floor=[t.rms_floor for t in tc],
+            clip_velocity=tc[0].clip_velocity,
+        )
+        noisy = self.model.layer_weights() if tc[0].noise_on == "input_recurrent" else []
+        self.noisy = self.model.recurrent_weights() + noisy  # U first: U-only runs draw the same noise
+        for i, (run, state) in enumerate(zip(self.runs, states, strict=True)):
+            if state is not None:
+                _load_model_state(self.model, i, state["model"])
+                self.opt.load_state_of(i, state["optim"])
+                run.load(state["run"])
+        self.extra = {
+            "hidden": self.model.hidden,
+            "params": self.model.num_params(),
+            "baseline": bernoulli_baseline(rolls),
+            "baseline_seq": bernoulli_baseline(rolls, per_sequence=True),
+            "device": str(self.device),
+            "k": self.k,
+        }
+
+    def fit(self) -> list[dict]:
+        runs, console, cfg = self.runs, self.console, self.cfg
         for run in runs:
             if run.active:
-                console.print(f"[yellow]interrupted: continue with 'gru-bench train --resume {run.dir}'")
-        raise
-    return [_summary(r, extra) for r in runs]
+                write_text(run.dir / "config.yaml", dump(run.cfg))
+            if run.active or saved_summary(run.dir) is None:  # a finished run's damaged summary is rewritten
+                write_outputs(run.dir, run.metrics, _summary(run, self.extra))
+        if not any(r.active for r in runs):
+            console.print("already finished: " + ", ".join(f"{r.dir} ({r.status})" for r in runs))
+            return [_summary(r, self.extra) for r in runs]
+        base, base_seq = self.extra["baseline"]["valid"], self.extra["baseline_seq"]["valid"]
+        console.print(
+            f"{cfg.dataset} {cfg.model.cell} ({cfg.model.impl}, hidden {self.model.hidden}): "
+            f"{self.extra['params']} parameters per model, {self.k} model(s) on {self.device}; baseline "
+            f"valid NLL {base_seq:.3f} per sequence, {base:.3f} per frame"
+        )
+        for run in runs:
+            console.print(f"  -> {run.dir}" + (f" (resuming after epoch {run.epoch})" if run.epoch else ""))
+        n_batches = math.ceil(len(self.train_seqs) / cfg.training.batch_size)
+        max_epochs = max(r.cfg.training.max_epochs for r in runs)
+        try:
+            with _progress(console, console.quiet) as progress:
+                ep_task = progress.add_task("epochs", total=max_epochs, completed=min(r.epoch for r in runs))
+                up_task = progress.add_task("updates", total=n_batches)
+                while any(r.active for r in runs):
+                    t0 = time.perf_counter()
+                    trained = [r.active for r in runs]
+                    batches = [_start_epoch(r, len(self.train_seqs)) if r.active else None for r in runs]
+                    progress.update(up_task, completed=0)
+                    for u in range(n_batches):
+                        if not any(r.active for r in runs):
+                            break
+                        self.update([
+                            [self.train_seqs[j] for j in b[u]] if b and r.active else None
+                            for b, r in zip(batches, runs, strict=True)
+                        ])  # fmt: skip
+                        progress.advance(up_task)
+                    self.end_epoch(trained, time.perf_counter() - t0)
+                    done = min(max(r.epoch for r in runs), max_epochs)
+                    progress.update(ep_task, completed=done, description=_describe(runs))
+        except KeyboardInterrupt:
+            for run in runs:
+                if run.active:
+                    console.print(f"[yellow]interrupted: continue with 'gru-bench train --resume {run.dir}'")
+            raise
+        return [_summary(r, self.extra) for r in runs]
+
+    def update(self, batch: list[list[Tensor] | None]) -> None:
+        """One update of every active model: loss and gradient at noisy weights, step from the clean ones.
+
+        A model whose loss is not finite stops (`stopped_nan`); one whose loss is finite but whose gradient
+        is not (BPTT through thousands of steps can overflow float32) skips this update only, counted in
+        `skipped_updates`: RMSProp would otherwise divide inf by inf, or freeze a weight whose g^2 overflowed.
+        """
+        runs, model = self.runs, self.model
+        active = [r.active for r in runs]
+        x, _, lengths = pad(batch, self.device)  # a stopped model has no sequences: length 0, no compute
+        clean = _add_noise(self.noisy, runs, [r.cfg.training.weight_noise for r in runs], self.device)
+        seq_nll = model.nll(x, lengths)  # (K, B) float64
+        # the loss of model k: its frame NLL summed over the batch (loss: sum, the authors') or per frame
+        frames = lengths.sum(1).clamp(min=1).to(seq_nll.dtype)
+        per_frame = torch.tensor([r.cfg.training.loss == "mean" for r in runs], device=self.device)
+        weight = torch.where(per_frame, 1 / frames, torch.ones_like(frames))
+        model.zero_grad(set_to_none=True)  # the new gradient is stored as is instead of added to zeros
+        (seq_nll * weight.unsqueeze(1))[torch.tensor(active, device=self.device)].sum().backward()
+        with torch.no_grad():
+            for w, c in zip(self.noisy, clean, strict=True):
+                w.copy_(c)
+        gnorm = self.opt.grad_norms()
+        loss_ok = torch.isfinite(seq_nll.sum(1)).tolist()
+        grad_ok = (torch.isfinite(gnorm) & (gnorm < MAX_GRAD_NORM)).tolist()
+        step = list(active)
+        for i, run in enumerate(runs):
+            if not active[i]:
+                continue
+            if not loss_ok[i]:
+                run.status, step[i] = "stopped_nan", False
+                run.message = (
+                    f"non-finite loss in epoch {run.epoch}, update {run.epoch_updates + 1}; "
+                    f"kept the best model (epoch {run.best_epoch})"
+                )
+                self.console.print(f"[red]{run.dir}: {run.message}")
+            elif not grad_ok[i]:
+                step[i] = False
+                run.skipped += 1
+        self.opt.step([lr_at(r.cfg, r.epoch) for r in runs], step, gnorm)
+        for run, a, g in zip(runs, step, gnorm.tolist(), strict=True):
+            if a:
+                run.updates += 1
+                run.epoch_updates += 1
+                run.grad_sum += g
+
+    def end_epoch(self, trained: list[bool], seconds: float) -> None:
+        """Evaluate, record, select, early-stop, prune and checkpoint every model that trained this epoch.
+
+        The valid split is scored every epoch (it selects the model); the train split only at a new best and
+        every `eval_train_every` epochs (empty cells in metrics.csv otherwise), the test split once, at the
+        end, from best.pt. This saves ~40% of an epoch and changes no selected model.
+        """
+        runs, i_run = self.runs, range(self.k)
+        on = [r.active for r in runs]
+        valid = self._nll("valid", on)
+        new_best = [on[i] and valid.get(runs[i].cfg.training.select)[i] < runs[i].best_valid for i in i_run]
+        due = [on[i] and (new_best[i] or _due(runs[i])) for i in i_run]
+        train = self._nll("train", due) if any(due) else SplitNLL(*([[math.nan] * self.k] * 2))
+        for i, run in enumerate(runs):
+            if trained[i]:
+                run.seconds += seconds
+            if on[i]:
+                self._record(i, valid, train, new_best[i], seconds)
+        if self.pruner is not None:
+            alive = {r.dir: r.metrics for r in runs if r.active}
+            for run in runs:
+                reason = self.pruner(run.epoch, alive).get(run.dir) if run.active else None
+                if reason:
+                    run.status, run.message, run.pruned_epoch = "pruned", reason, run.epoch
+        for i, run in enumerate(runs):
+            if not trained[i]:
+                continue
+            if not run.active:
+                test = _best_nll(run, self.seqs, "test", self.device)
+                run.test_nll, run.test_nll_seq = (test.frame[0], test.seq[0]) if test else (None, None)
+                self.console.print(
+                    f"{run.dir.name}: {run.status} ({run.message}); best valid {run.best_valid:.3f} "
+                    f"@ epoch {run.best_epoch}, test {_fmt(run.test_nll_seq)} per sequence, "
+                    f"{_fmt(run.test_nll)} per frame"
+                )
+            save_checkpoint(
+                run.dir / "last.pt",
+                {"model": _model_state(self.model, i), "optim": self.opt.state_of(i), "run": run.state()},
+            )
+            write_outputs(run.dir, run.metrics, _summary(run, self.extra))
+
+    def _nll(self, split: str, which: list[bool]) -> SplitNLL:
+        return split_nll(self.model, self.seqs[split], self.cfg.training.eval_batch_size, self.device, which)
+
+    def _record(self, i: int, valid: SplitNLL, train: SplitNLL, new_best: bool, seconds: float) -> None:
+        """Model i's metrics row, best model and stopping rule after an epoch it trained through."""
+        run, tc = self.runs[i], self.runs[i].cfg.training
+        row = {
+            "epoch": run.epoch,
+            "updates": run.updates,
+            "seconds": round(run.seconds, 3),
+            "lr": lr_at(run.cfg, run.epoch),
+            "train_nll": _cell(train.frame[i]),
+            "train_nll_seq": _cell(train.seq[i]),
+            "valid_nll": valid.frame[i],
+            "valid_nll_seq": valid.seq[i],
+            "grad_norm": run.grad_sum / max(run.epoch_updates, 1),
+        }
+        run.metrics.append(row)
+        score = valid.get(tc.select)[i]
+        if not math.isfinite(score):
+            run.status = "stopped_nan"
+            run.message = f"non-finite valid NLL in epoch {run.epoch}; kept the best model"
+        elif new_best:
+            run.best_valid, run.best_epoch, run.bad_epochs = score, run.epoch, 0
+            save_checkpoint(
+                run.dir / "best.pt",
+                {"model": _model_state(self.model, i), "epoch": run.epoch, "valid_nll": score},
+            )
+        else:
+            run.bad_epochs += 1
+        if run.active and run.epoch >= tc.max_epochs:
+            run.status, run.message = "complete", "reached max_epochs"
+        elif run.active and tc.patience and run.bad_epochs >= tc.patience:
+            run.status, run.message = "complete", f"early stop: no better valid NLL for {tc.patience} epochs"
+        self.console.print(
+            f"{run.dir.name}  epoch {run.epoch:3d}  lr {row['lr']:.2e}  train {_fmt(row['train_nll_seq'])}  "
+            f"valid {valid.seq[i]:.3f} per sequence, {valid.frame[i]:.3f} per frame  "
+            f"best {run.best_valid:.3f}@{run.best_epoch}  {seconds:.1f}s"
+        )
+
+
+def _due(run: _Run) -> bool:
+    """Whether the train split is scored this epoch besides new bests (every eval_train_every epochs)."""
+    every = run.cfg.training.eval_train_every
+    return every is not None and run.epoch % every == 0
+
+
+def _cell(x: float) -> float | None:
+    """A metrics.csv value: None (an empty cell) where the split was not scored this epoch."""
+    return None if math.isnan(x) else x
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _start_epoch(run: _Run, n: int) -> list[list[int]]:
@@ -434,159 +634,44 @@ def _start_epoch(run: _Run, n: int) -> list[list[int]]:
 MAX_GRAD_NORM = 1e18
 
 
-def _update(
-    model: StackedModel,
-    opt: StackedRMSProp,
-    runs: list[_Run],
-    batch: list[list[Tensor] | None],
-    device: torch.device,
-    console: Console,
-) -> None:
-    """One update of every active model: loss and gradient at noisy recurrent weights, step from the clean
-    ones. A model whose loss is not finite stops (`stopped_nan`); one whose loss is finite but whose gradient
-    is not (BPTT through thousands of steps can overflow float32) skips this update only, counted in
-    `skipped_updates`: RMSProp would otherwise divide inf by inf, or freeze a weight whose g^2 overflowed."""
-    active = [r.active for r in runs]
-    x, mask, lengths = pad(batch, device)  # a stopped model has no sequences: length 0, no compute
-    recurrent = model.recurrent_weights()
-    clean = _add_noise(recurrent, runs, [r.cfg.training.weight_noise for r in runs], device)
-    losses = model.nll(x, lengths) / mask.sum((1, 2)).clamp(min=1)
-    # set_to_none: the new gradient is stored as is instead of added to zeros (x + 0 == x)
-    model.zero_grad(set_to_none=True)
-    losses[torch.tensor(active, device=device)].sum().backward()
-    with torch.no_grad():
-        for w, c in zip(recurrent, clean, strict=True):
-            w.copy_(c)
-    gnorm = opt.grad_norms()
-    loss_ok = torch.isfinite(losses).tolist()
-    grad_ok = (torch.isfinite(gnorm) & (gnorm < MAX_GRAD_NORM)).tolist()
-    step = list(active)
-    for i, run in enumerate(runs):
-        if not active[i]:
-            continue
-        if not loss_ok[i]:
-            run.status, step[i] = "stopped_nan", False
-            run.message = (
-                f"non-finite loss in epoch {run.epoch}, update {run.epoch_updates + 1}; "
-                f"kept the best model (epoch {run.best_epoch})"
-            )
-            console.print(f"[red]{run.dir}: {run.message}")
-        elif not grad_ok[i]:
-            step[i] = False
-            run.skipped += 1
-    opt.step([lr_at(r.cfg, r.epoch) for r in runs], step, gnorm)
-    for run, a, g in zip(runs, step, gnorm.tolist(), strict=True):
-        if a:
-            run.updates += 1
-            run.epoch_updates += 1
-            run.grad_sum += g
-
-
 def _describe(runs: list[_Run]) -> str:
     best = min(runs, key=lambda r: r.best_valid)
     last = best.metrics[-1] if best.metrics else None
-    tail = f" train {last['train_nll']:.3f} valid {last['valid_nll']:.3f}" if last else ""
+    tail = f" valid {last['valid_nll_seq']:.3f}" if last else ""
     return f"epoch {best.epoch}{tail} best {best.best_valid:.3f}@{best.best_epoch}"
 
 
 def _add_noise(
-    recurrent: list[Tensor], runs: list[_Run], std: list[float], device: torch.device
+    weights: list[Tensor], runs: list[_Run], std: list[float], device: torch.device
 ) -> list[Tensor]:
-    """Add each active model's weight noise (from its own stream) to the recurrent weights; return the clean
-    weights to restore after the backward pass (the update is applied to the clean weights)."""
-    clean = [w.detach().clone() for w in recurrent]
+    """Add each active model's weight noise (from its own stream) to `weights`; return the clean weights to
+    restore after the backward pass (the update is applied to the clean weights)."""
+    clean = [w.detach().clone() for w in weights]
     with torch.no_grad():
-        for w in recurrent:
+        for w in weights:
             for i, run in enumerate(runs):
                 if run.active and std[i] > 0:
                     w[i].add_((torch.randn(w.shape[1:], generator=run.gens["noise"]) * std[i]).to(device))
     return clean
 
 
-def _end_epoch(
-    model: StackedModel,
-    opt: StackedRMSProp,
-    runs: list[_Run],
-    trained: list[bool],
-    seqs: dict[str, list[Tensor]],
-    device: torch.device,
-    seconds: float,
-    extra: dict,
-    console: Console,
-) -> None:
-    """Evaluate, record, early-stop and checkpoint every model that trained this epoch."""
-    if any(r.active for r in runs):
-        batch, active = runs[0].cfg.training.eval_batch_size, [r.active for r in runs]
-        train_nll = split_nll(model, seqs["train"], batch, device, active)
-        valid_nll = split_nll(model, seqs["valid"], batch, device, active)
-    for i, run in enumerate(runs):
-        if not trained[i]:
-            continue
-        run.seconds += seconds
-        if run.active:  # did not diverge during the epoch
-            row = {
-                "epoch": run.epoch,
-                "updates": run.updates,
-                "seconds": round(run.seconds, 3),
-                "lr": lr_at(run.cfg, run.epoch),
-                "train_nll": train_nll[i],
-                "valid_nll": valid_nll[i],
-                "grad_norm": run.grad_sum / max(run.epoch_updates, 1),
-            }
-            run.metrics.append(row)
-            tc = run.cfg.training
-            if not math.isfinite(valid_nll[i]):
-                run.status = "stopped_nan"
-                run.message = f"non-finite valid NLL in epoch {run.epoch}; kept the best model"
-            elif valid_nll[i] < run.best_valid:
-                run.best_valid, run.best_epoch, run.bad_epochs = valid_nll[i], run.epoch, 0
-                save_checkpoint(
-                    run.dir / "best.pt",
-                    {"model": _model_state(model, i), "epoch": run.epoch, "valid_nll": valid_nll[i]},
-                )
-            else:
-                run.bad_epochs += 1
-            if run.active and run.epoch >= tc.max_epochs:
-                run.status, run.message = "complete", "reached max_epochs"
-            elif run.active and tc.patience and run.bad_epochs >= tc.patience:
-                run.status, run.message = (
-                    "complete",
-                    f"early stop: no better valid NLL for {tc.patience} epochs",
-                )
-            console.print(
-                f"{run.dir.name}  epoch {run.epoch:3d}  lr {row['lr']:.2e}  train {train_nll[i]:.3f}  "
-                f"valid {valid_nll[i]:.3f}  best {run.best_valid:.3f}@{run.best_epoch}  {seconds:.1f}s"
-            )
-        if not run.active:
-            run.test_nll = _best_nll(run, seqs, "test", device)
-            console.print(
-                f"{run.dir.name}: {run.status} ({run.message}); best valid {run.best_valid:.3f} "
-                f"@ epoch {run.best_epoch}, test {run.test_nll}"
-            )
-        save_checkpoint(
-            run.dir / "last.pt",
-            {"model": _model_state(model, i), "optim": opt.state_of(i), "run": run.state()},
-        )
-        write_outputs(run.dir, run.metrics, _summary(run, extra))
-
-
-def _best_nll(run: _Run, seqs: dict[str, list[Tensor]], split: str, device: torch.device) -> float | None:
+def _best_nll(run: _Run, seqs: dict[str, list[Tensor]], split: str, device: torch.device) -> SplitNLL | None:
     """NLL of the run's best model on a split, computed by a model of its own (as if it had trained alone)."""
     if run.best_epoch is None or split not in seqs:
         return None
     model, cfg = load_run(run.dir, "best")
-    return split_nll(model.to(device), seqs[split], cfg.training.eval_batch_size, device)[0]
+    return split_nll(model.to(device), seqs[split], cfg.training.eval_batch_size, device)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> float:
-    """Recompute the NLL per frame of a saved model (`best.pt` or `last.pt`) on a split."""
+def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> SplitNLL:
+    """Recompute the NLL per frame of a saved model (`best.pt` or `last.pt`) on a split, in both metrics."""
     model, cfg = load_run(run_dir, which)
     rolls = datasets.load(cfg.dataset, cfg.data.route)
     if split not in rolls.splits:
         raise UserError(f"--split must be one of {', '.join(rolls.splits)}, got {split!r}")
     device = _device(cfg, strict=False)
     seqs = [torch.from_numpy(x.astype(np.float32)) for x in rolls.splits[split]]
-    return split_nll(model.to(device), seqs, cfg.training.eval_batch_size, device)[0]
+    return split_nll(model.to(device), seqs, cfg.training.eval_batch_size, device)
 
 
 def train_command(

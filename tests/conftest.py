@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED = Path(os.environ.get("GRU_BENCH_SHARED", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -55,3 +56,20 @@ def jsb_data(data_home: Path, jsb_npz: Path) -> Path:
     processed_path("jsb").parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(jsb_npz, processed_path("jsb"))
     return data_home
+
+
+@pytest.fixture
+def tiny_jsb(data_home: Path) -> Path:
+    """A small random 'jsb' (sequences of 2..19 frames) in the isolated data folder."""
+    from gru_bench.data import PianoRolls, processed_path
+
+    rng = np.random.default_rng(0)
+
+    def seqs(n: int) -> list[np.ndarray]:
+        return [rng.random((int(rng.integers(2, 20)), 88)) < 0.08 for _ in range(n)]
+
+    rolls = PianoRolls({"train": seqs(10), "valid": seqs(4), "test": seqs(3)}, meta={"dataset": "jsb"})
+    path = processed_path("jsb")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rolls.save(path)
+    return path

@@ -201,13 +201,13 @@ def interrupted_train(task: execute.Task) -> None:
     """Real training, stopped by Ctrl-C right after the first epoch's checkpoint."""
     from gru_bench import training
 
-    end_epoch = training._end_epoch
+    end_epoch = training.Trainer.end_epoch
 
     def end_then_interrupt(*args, **kwargs) -> None:
         end_epoch(*args, **kwargs)
         raise KeyboardInterrupt
 
-    training._end_epoch = end_then_interrupt
+    training.Trainer.end_epoch = end_then_interrupt
     execute.train_task(task)
 
 

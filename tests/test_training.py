@@ -15,28 +15,13 @@ import torch
 
 from gru_bench import rundir, training
 from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
-from gru_bench.data import PianoRolls, processed_path
+from gru_bench.data import PianoRolls
 from gru_bench.errors import UserError
 from gru_bench.models import StackedModel, build_model, masked_nll
 from gru_bench.optim import StackedRMSProp, per_model_norm
 from gru_bench.training import evaluate, lr_at, split_nll, train, train_lockstep
 
 TINY = ["model.hidden=6", "training.eval_batch_size=5", "training.max_epochs=4", "training.patience=null"]
-
-
-@pytest.fixture
-def tiny_jsb(data_home: Path) -> Path:
-    """A small random 'jsb' (sequences of 2..19 frames) in the isolated data folder."""
-    rng = np.random.default_rng(0)
-
-    def seqs(n: int) -> list[np.ndarray]:
-        return [rng.random((int(rng.integers(2, 20)), 88)) < 0.08 for _ in range(n)]
-
-    rolls = PianoRolls({"train": seqs(10), "valid": seqs(4), "test": seqs(3)}, meta={"dataset": "jsb"})
-    path = processed_path("jsb")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rolls.save(path)
-    return path
 
 
 def _cfg(tmp_path: Path, *overrides: str, cell: str = "gru"):
@@ -67,10 +52,33 @@ def test_masked_nll_matches_hand_computation():
     mask[0, 0, :5], mask[0, 1, :2], mask[1, 0, :3], mask[1, 2, :1] = True, True, True, True
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
     frame = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).sum(-1)  # (K, B, T)
-    want = (frame * mask).sum((1, 2))
+    want = (frame * mask).sum(2)  # per sequence
     s, n = masked_nll(torch.from_numpy(logits), torch.from_numpy(targets), torch.from_numpy(mask))
     np.testing.assert_allclose(s.double().numpy(), want, rtol=1e-5)
-    assert n.tolist() == [7, 4]
+    assert n.tolist() == [[5, 2, 0], [3, 0, 1]]
+
+
+@pytest.mark.parametrize("fast", ["auto", "off"])
+def test_split_nll_both_metrics_match_a_hand_computation(fast: str):
+    """Frame-weighted: all predicted frames pooled. Per sequence (the paper's, pylearn2's monitor at batch
+    size 1): each sequence's mean frame NLL, averaged over sequences. Lengths differ a lot, so they differ."""
+    rng = np.random.default_rng(3)
+    seqs = [torch.from_numpy((rng.random((t, 88)) < 0.1).astype(np.float32)) for t in (2, 3, 40, 7, 1)]
+    model = build_model("gru", hidden=5, k=1, fast=fast)
+    model.init_weights([torch.Generator().manual_seed(4)], scale=1.0)
+    per_seq, frames = [], []
+    with torch.no_grad():
+        for x in seqs[:4]:  # a 1-frame sequence predicts nothing and is left out
+            logits = model.eval()(x[None, None, :-1]).double().numpy()[0, 0]
+            p = 1 / (1 + np.exp(-logits))
+            y = x[1:].double().numpy()
+            nll = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(-1)  # per predicted frame
+            per_seq.append(nll.mean())
+            frames.append(nll)
+    got = split_nll(model, seqs, 2, torch.device("cpu"))
+    assert got.seq[0] == pytest.approx(np.mean(per_seq), rel=1e-5)
+    assert got.frame[0] == pytest.approx(np.concatenate(frames).mean(), rel=1e-5)
+    assert abs(got.seq[0] - got.frame[0]) > 1e-3
 
 
 def test_split_nll_does_not_depend_on_padding():
@@ -82,10 +90,11 @@ def test_split_nll_does_not_depend_on_padding():
     model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
     one = split_nll(model, seqs, 1, torch.device("cpu"))
     padded = split_nll(model, seqs, 16, torch.device("cpu"))
-    np.testing.assert_allclose(one, padded, rtol=1e-6)
-    assert one[0] != one[1]  # two different models
+    np.testing.assert_allclose(one, padded, rtol=1e-6)  # both metrics
+    assert one.frame[0] != one.frame[1] and one.seq[0] != one.seq[1]  # two different models
     frozen = split_nll(model, seqs, 16, torch.device("cpu"), active=[False, True])
-    assert np.isnan(frozen[0]) and frozen[1] == padded[1]  # a stopped model is not evaluated
+    assert np.isnan(frozen.seq[0]) and frozen.seq[1] == padded.seq[1]  # a stopped model is not evaluated
+    assert np.isnan(frozen.frame[0]) and frozen.frame[1] == padded.frame[1]
 
 
 # --- optimizer and schedule -------------------------------------------------------------------------------
@@ -365,13 +374,14 @@ def test_train_writes_the_run_dir(tmp_path: Path, tiny_jsb: Path):
     assert saved["status"] == "complete" and saved["epochs"] == 3 and saved["lockstep_k"] == 1
     assert saved["params"] == build_model("gru", hidden=6).num_params()
     assert set(saved["baseline_nll"]) == {"train", "valid", "test"}
-    best = min(rows, key=lambda r: float(r["valid_nll"]))
-    assert saved["best_epoch"] == int(best["epoch"]) and saved["train_nll"] == pytest.approx(
-        float(best["train_nll"])
-    )
-    assert evaluate(run, "test", "best") == pytest.approx(saved["test_nll"], rel=1e-6)
-    assert evaluate(run, "valid", "best") == pytest.approx(saved["best_valid_nll"], rel=1e-6)
-    assert evaluate(run, "valid", "last") == pytest.approx(float(rows[-1]["valid_nll"]), rel=1e-6)
+    best = min(rows, key=lambda r: float(r["valid_nll_seq"]))  # the paper's metric selects by default
+    assert saved["best_epoch"] == int(best["epoch"]) and saved["select_metric"] == "seq"
+    for key in ("train_nll", "train_nll_seq", "valid_nll", "valid_nll_seq"):
+        assert saved[key] == pytest.approx(float(best[key]))  # the train split is scored at every new best
+    test = evaluate(run, "test", "best")
+    assert (test.frame[0], test.seq[0]) == pytest.approx((saved["test_nll"], saved["test_nll_seq"]), rel=1e-6)
+    assert evaluate(run, "valid", "best").seq[0] == pytest.approx(saved["best_valid_nll"], rel=1e-6)
+    assert evaluate(run, "valid", "last").frame[0] == pytest.approx(float(rows[-1]["valid_nll"]), rel=1e-6)
     assert load_config(run / "config.yaml").to_dict() == cfg.to_dict()
     with pytest.raises(UserError, match="holds a finished run"):
         train(cfg, quiet=True)
@@ -395,17 +405,17 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_jsb: Path, monkeypatch: p
     cfg = _cfg(tmp_path, "training.batch_size=3")
     train(cfg, tmp_path / "whole", quiet=True)
 
-    real_end = training._end_epoch
+    real_end = training.Trainer.end_epoch
 
-    def ctrl_c_after_epoch_2(model, opt, runs, *args, **kwargs):
-        real_end(model, opt, runs, *args, **kwargs)
-        if runs[0].epoch == 2:
+    def ctrl_c_after_epoch_2(self, *args, **kwargs):
+        real_end(self, *args, **kwargs)
+        if self.runs[0].epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_end_epoch", ctrl_c_after_epoch_2)
+    monkeypatch.setattr(training.Trainer, "end_epoch", ctrl_c_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(training, "_end_epoch", real_end)
+    monkeypatch.setattr(training.Trainer, "end_epoch", real_end)
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["epochs"] == 2
     with pytest.raises(UserError, match="--resume"):
         train(cfg, tmp_path / "cut", quiet=True)
@@ -517,7 +527,7 @@ def test_non_finite_gradient_skips_the_update_but_a_finite_loss_keeps_training(
         if self.training:
             calls["train"] += 1
             if calls["train"] == 3:  # third update: model 1's gradient becomes inf, its loss stays finite
-                scale = torch.ones(out.shape[0], dtype=out.dtype)
+                scale = torch.ones(out.shape[0], 1, dtype=out.dtype)
                 scale[1] = float("inf")
                 out.register_hook(lambda g: g * scale)
         return out
@@ -595,7 +605,7 @@ def test_a_run_trained_on_a_gpu_evaluates_on_the_cpu(tmp_path: Path, tiny_jsb: P
     nll = train(_cfg(tmp_path, "training.max_epochs=1"), run, quiet=True)["test_nll"]
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("device: auto", "device: cuda"))
-    assert evaluate(run) == pytest.approx(nll, rel=1e-6)
+    assert evaluate(run).frame[0] == pytest.approx(nll, rel=1e-6)
     with pytest.raises(UserError, match=f"training.device is cuda \\(from --device, --set or {config}\\)"):
         train(load_config(config), tmp_path / "again", quiet=True)
 
@@ -608,17 +618,17 @@ def test_a_second_train_of_a_live_run_dir_is_refused(
 ):
     """While a run trains, `train --resume` (or a plain train) of its folder is refused, naming the holder."""
     cfg, run = _cfg(tmp_path, "training.max_epochs=2"), tmp_path / "run"
-    real_end, refused = training._end_epoch, []
+    real_end, refused = training.Trainer.end_epoch, []
 
-    def second_train_after_epoch_1(model, opt, runs, *args, **kwargs):
-        real_end(model, opt, runs, *args, **kwargs)
-        if runs[0].epoch == 1:
+    def second_train_after_epoch_1(self, *args, **kwargs):
+        real_end(self, *args, **kwargs)
+        if self.runs[0].epoch == 1:
             for resume in (True, False):
                 with pytest.raises(UserError) as e:
                     train(cfg, run, resume=resume, quiet=True)
                 refused.append(str(e.value))
 
-    monkeypatch.setattr(training, "_end_epoch", second_train_after_epoch_1)
+    monkeypatch.setattr(training.Trainer, "end_epoch", second_train_after_epoch_1)
     assert train(cfg, run, quiet=True)["epochs"] == 2  # the first run was not disturbed
     assert (
         refused
@@ -635,17 +645,17 @@ def test_ctrl_c_releases_the_lock_and_a_stale_lock_is_taken_over(
     tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
     cfg, run = _cfg(tmp_path, "training.max_epochs=2"), tmp_path / "run"
-    real_end = training._end_epoch
+    real_end = training.Trainer.end_epoch
 
     def ctrl_c(*args, **kwargs):
         real_end(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_end_epoch", ctrl_c)
+    monkeypatch.setattr(training.Trainer, "end_epoch", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run, quiet=True)
     assert not (run / rundir.LOCK).exists()
-    monkeypatch.setattr(training, "_end_epoch", real_end)
+    monkeypatch.setattr(training.Trainer, "end_epoch", real_end)
     (run / rundir.LOCK).write_text("PID 999999999 on gone-host\n")  # left by a killed training
     capsys.readouterr()
     assert train(cfg, run, resume=True)["epochs"] == 2

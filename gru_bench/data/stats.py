@@ -17,30 +17,38 @@ def _stack(seqs: list[np.ndarray], skip_first: bool = False) -> np.ndarray:
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, N_NOTES), bool)
 
 
-def bernoulli_baseline(rolls: PianoRolls) -> dict[str, float]:
+def bernoulli_baseline(rolls: PianoRolls, per_sequence: bool = False) -> dict[str, float]:
     """NLL per frame (nats) of 88 independent Bernoulli notes with probabilities from the training set.
 
     p_j = (on-count of note j over all train frames + 1) / (train frames + 2): Laplace smoothing keeps a note
     never heard in training from giving an infinite NLL on valid/test. The score uses the frames the models
     predict, frames 2..T of each sequence (frame t predicts t+1), summed over the 88 notes and averaged over
-    all predicted frames of the split, so it is directly comparable with the models' NLL. NaN for a split
-    with no predicted frame.
+    all predicted frames of the split (or, `per_sequence`, over each sequence's frames and then over the
+    sequences: the paper's metric), so it is directly comparable with the models' NLL. NaN for a split with
+    no predicted frame.
     """
     train = _stack(rolls.splits["train"])
     p = (train.sum(axis=0, dtype=np.float64) + 1.0) / (len(train) + 2.0)
     log_on, log_off = np.log(p), np.log1p(-p)
+
+    def nll(targets: np.ndarray) -> float:
+        on, n = targets.sum(axis=0, dtype=np.float64), len(targets)
+        return float(-(on @ log_on + (n - on) @ log_off) / n)
+
     out = {}
     for split, seqs in rolls.splits.items():
-        targets = _stack(seqs, skip_first=True)
-        on = targets.sum(axis=0, dtype=np.float64)
-        n = len(targets)
-        out[split] = float(-(on @ log_on + (n - on) @ log_off) / n) if n else float("nan")
+        if per_sequence:
+            scores = [nll(s[1:]) for s in seqs if len(s) > 1]
+            out[split] = float(np.mean(scores)) if scores else float("nan")
+        else:
+            targets = _stack(seqs, skip_first=True)
+            out[split] = nll(targets) if len(targets) else float("nan")
     return out
 
 
 def describe(rolls: PianoRolls) -> pd.DataFrame:
     """One row per split: sizes, lengths, pitch range, polyphony, silence and the Bernoulli baseline."""
-    baseline = bernoulli_baseline(rolls)
+    baseline, baseline_seq = bernoulli_baseline(rolls), bernoulli_baseline(rolls, per_sequence=True)
     rows = {}
     for split, seqs in rolls.splits.items():
         frames = _stack(seqs)
@@ -58,6 +66,7 @@ def describe(rolls: PianoRolls) -> pd.DataFrame:
             "notes_per_frame": float(notes.mean()) if len(frames) else float("nan"),
             "silent_frames": int((notes == 0).sum()),
             "baseline_nll": baseline[split],
+            "baseline_nll_seq": baseline_seq[split],
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -110,7 +119,8 @@ def info_table(rolls: PianoRolls) -> Table:
     )
     row("notes per frame", [fmt(v, ".2f") for v in df["notes_per_frame"]])
     row("silent frames", [fmt(v, ",") for v in df["silent_frames"]])
-    row("Bernoulli NLL/frame", [fmt(v, ".3f") for v in df["baseline_nll"]])
+    row("Bernoulli NLL per sequence", [fmt(v, ".3f") for v in df["baseline_nll_seq"]])
+    row("Bernoulli NLL per frame", [fmt(v, ".3f") for v in df["baseline_nll"]])
     agree = shift_agreement(rolls)
     if agree:
         row("shift = reference", [f"{agree[s][0]}/{agree[s][1]}" if s in agree else "-" for s in df.index])

@@ -399,27 +399,27 @@ def _t(a: np.ndarray) -> np.ndarray:
 
 @_jit
 def _nll(logits, x, steps, sums, dlog):
-    """sums[k]: frame NLL of the targets x[k, s, t + 1], summed in float64 per note over (sequence, step) and
-    then over notes (a fixed order that vectorises); dlog = d sums / d logits = sigmoid(logits) - y (within
-    each sequence's steps only)."""
+    """sums[k, s]: frame NLL of the targets x[k, s, t + 1] summed over sequence s's steps, in float64 per note
+    and then over notes (a fixed order that vectorises); dlog = d sums / d logits = sigmoid(logits) - y
+    (within each sequence's steps only)."""
     K, B = steps.shape
     zero = F32(0.0)
     acc = np.empty(logits.shape[3], np.float64)
     for k in range(K):
-        acc[:] = 0.0
         for s in range(B):
+            acc[:] = 0.0
             for t in range(steps[k, s]):
                 a, y, d = logits[k, s, t], x[k, s, t + 1], dlog[k, s, t]
                 for j in range(acc.shape[0]):
                     e = _exp(-abs(a[j]))  # stable: log(1 + exp(-|a|)) never overflows
                     acc[j] += max(a[j], zero) - a[j] * y[j] + _log1p01(e)
                     d[j] = (ONE if a[j] >= zero else e) / (ONE + e) - y[j]
-        sums[k] = acc.sum()
+            sums[k, s] = acc.sum()
 
 
 class _NextFrame(torch.autograd.Function):
-    """Logits of x (nll=False), or each model's summed NLL of predicting x[:, :, 1:] (nll=True): the loss and
-    its gradient then never leave numba, which saves ~10 torch ops per model and update."""
+    """Logits of x (nll=False), or each sequence's summed NLL of predicting x[:, :, 1:] (nll=True): the loss
+    and its gradient then never leave numba, which saves ~10 torch ops per model and update."""
 
     @staticmethod
     def forward(ctx, kind, x, W, b, U, V, c, extra, steps, nll):
@@ -439,7 +439,7 @@ class _NextFrame(torch.autograd.Function):
         ctx.kind, ctx.arrays, ctx.dlog = kind, (xn, Un, Vn, ex, hs, saved, steps), None
         if not nll:
             return torch.from_numpy(logits)
-        sums = np.zeros(K, np.float64)
+        sums = np.zeros((K, B), np.float64)
         dlog = np.empty_like(logits)
         _nll(logits, xn, steps, sums, dlog)
         ctx.dlog = dlog
@@ -451,9 +451,9 @@ class _NextFrame(torch.autograd.Function):
         del ctx.arrays
         if ctx.dlog is None:
             dlogits = _np(dout)
-        else:  # dout (K,): each model's weight in the loss (e.g. 1 / its frame count); inf/NaN pass on
+        else:  # dout (K, B): each sequence's weight in the loss (e.g. 1 / frames); inf/NaN pass on
             with np.errstate(invalid="ignore", over="ignore"):
-                dlogits = ctx.dlog * dout.numpy().astype(np.float32).reshape(-1, 1, 1, 1)
+                dlogits = ctx.dlog * dout.numpy().astype(np.float32)[:, :, None, None]
         dV, dc, dhs = np.zeros_like(Vn), np.zeros((Vn.shape[0], Vn.shape[2]), np.float32), np.empty_like(hs)
         _readout_grad(dlogits, hs, _t(Vn), dhs, dV, dc, steps)
         dxp = np.empty((*hs.shape[:3], Un.shape[2]), np.float32)
@@ -483,8 +483,8 @@ def run(
     """Logits (K, B, T, O) of x (K, B, T, I): W (K, I, G*H), b (K, G*H), U (K, H, G*H) (h @ U), readout
     V (K, H, O), c (K, O); extra: LSTM peepholes (K, 3, H) or the cuDNN GRU's b_hn (K, H). h0 = c0 = 0.
     steps (K, B): run sequence (k, s) for its first steps[k, s] steps only; later logits are 0.
-    nll: x is (K, B, T + 1, I) and the result is each model's float64 NLL of x[:, :, 1:] summed over the
-    steps run, shape (K,)."""
+    nll: x is (K, B, T + 1, I) and the result is each sequence's float64 NLL of x[:, :, 1:] summed over the
+    steps run, shape (K, B)."""
     if x.requires_grad:
         raise ValueError("the numba kernels do not return gradients for the input x")
     return _NextFrame.apply(kind, x, W, b, U, V, c, extra, steps, nll)

@@ -50,10 +50,10 @@ def hidden_for_budget(cell: str, impl: str, budget: int) -> int:
 
 
 def masked_nll(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Per model: (sum over unmasked frames of the frame NLL, number of unmasked frames), each (K,).
+    """Per sequence: (sum over its unmasked frames of the frame NLL, number of unmasked frames), each (K, B).
 
-    Frame NLL = -sum over the 88 notes of [y log p + (1 - y) log(1 - p)], p = sigmoid(logit), in nats.
-    logits, targets (K, B, T, 88); mask (K, B, T) bool. Model k is scored on its own slice, cut to its last
+    Frame NLL = -sum over the notes of [y log p + (1 - y) log(1 - p)], p = sigmoid(logit), in nats.
+    logits, targets (K, B, T, n); mask (K, B, T) bool. Model k is scored on its own slice, cut to its last
     unmasked step, so padding added for the other models of a stack never touches its arithmetic.
     """
     # model k's last unmasked step + 1 (the mask of a sequence is a prefix), for all models in one op
@@ -64,8 +64,8 @@ def masked_nll(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, T
         # same frame must sit at the same place in memory as when model k trains alone
         lg, y, m = (a[k, :, :t].contiguous() for a in (logits, targets, mask))
         nll = F.binary_cross_entropy_with_logits(lg, y, reduction="none").sum(-1)
-        sums.append(torch.where(m, nll, 0.0).sum())
-    return torch.stack(sums), mask.sum((1, 2))
+        sums.append(torch.where(m, nll, 0.0).sum(-1))
+    return torch.stack(sums), mask.sum(2)
 
 
 def _orthogonal(n: int, gen: torch.Generator) -> Tensor:
@@ -95,6 +95,10 @@ class StackedModel(nn.Module):
     def recurrent_weights(self) -> list[nn.Parameter]:
         """The hidden-to-hidden matrices (weight-noise targets), each (K, ...)."""
         return [self.U if self.impl == "paper" else self.w_hh]
+
+    def layer_weights(self) -> list[nn.Parameter]:
+        """The recurrent layer's input-to-hidden matrices (W: weight noise with noise_on=input_recurrent)."""
+        return [self.W if self.impl == "paper" else self.w_ih]
 
     def num_params(self) -> int:
         return sum(p[0].numel() for p in self.parameters())
@@ -149,9 +153,9 @@ class StackedModel(nn.Module):
         return torch.baddbmm(self.c.unsqueeze(1), hs, self.V).reshape(K, B, T, n_in)
 
     def nll(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """(K,) summed frame NLL of predicting x[:, :, 1:] from x[:, :, :-1], over each sequence's first
-        lengths[k, s] predictions; x (K, B, T + 1, n_in). The CPU kernels compute loss and gradient inside
-        numba (float64 sums); pure torch uses `masked_nll`."""
+        """(K, B): each sequence's frame NLL of predicting x[:, :, 1:] from x[:, :, :-1], summed over its
+        first lengths[k, s] predictions; x (K, B, T + 1, n_in). The CPU kernels compute loss and gradient
+        inside numba (float64 sums); pure torch uses `masked_nll`."""
         if self.use_kernels(x):
             return self._kernel_forward(x, lengths, nll=True)
         mask = torch.arange(x.shape[2] - 1, device=x.device) < lengths.unsqueeze(-1)
