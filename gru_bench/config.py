@@ -89,20 +89,20 @@ class TrainingConfig:
     batch_size: int = _f(1, POS_INT)  # sequences per update (1: the paper, whole sequence per update)
     eval_batch_size: int = _f(64, POS_INT)  # padded sequences per evaluation batch (speed only)
     max_epochs: int = _f(500, POS_INT)
-    patience: int | None = _f(20, _opt(POS_INT))  # epochs without a better valid NLL before stopping
+    patience: int | None = _f(40, _opt(POS_INT))  # epochs without a better valid NLL before stopping
     lr: float = _f(1e-3, POSITIVE)
     lr_decay: str = _f("linear", _one_of(LR_DECAYS))
     lr_final: float = _f(0.01, UNIT_HALF)  # linear decay: lr x lr_final at the last epoch
-    loss: str = _f("mean", _one_of(LOSSES))  # per-frame mean over the batch | sum (the authors' code)
+    loss: str = _f("sum", _one_of(LOSSES))  # summed over frames (the authors') | mean: per frame
     momentum: float = _f(0.9, UNIT_OPEN)
     rms_decay: float = _f(0.95, UNIT_OPEN)
-    rms_eps: float = _f(1e-6, NONNEG)  # RMS normaliser max(sqrt(n + rms_eps), rms_floor); authors: 0 and 0.01
-    rms_floor: float = _f(0.0, NONNEG)
+    rms_eps: float = _f(0.0, NONNEG)  # RMS normaliser max(sqrt(n + rms_eps), rms_floor); authors: 0 and 0.01
+    rms_floor: float = _f(0.01, NONNEG)
     clip: str = _f("update", _one_of(CLIPS))  # which per-model norm is rescaled to at most clip_norm
     clip_norm: float = _f(1.0, POSITIVE)
-    clip_velocity: bool = _f(True, BOOL)  # clip="update": the velocity is the clipped step (false: authors')
+    clip_velocity: bool = _f(False, BOOL)  # clip="update": true stores the clipped step as velocity
     weight_noise: float = _f(0.075, NONNEG)  # std of Gaussian noise on the recurrent weights, per update
-    noise_on: str = _f("recurrent", _one_of(NOISE_ON))  # U only | input_recurrent: W and U (the authors')
+    noise_on: str = _f("input_recurrent", _one_of(NOISE_ON))  # W and U (the authors') | recurrent: U
     select: str = _f(
         "seq", _one_of(METRIC_NAMES)
     )  # valid metric that picks the best epoch: seq = the paper's

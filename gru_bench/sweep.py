@@ -9,6 +9,7 @@ A sweep file (see configs/sweeps/):
     config: ../{dataset}/{model}.yaml   # base config per dataset x model, relative to this file
     overrides: {training.max_epochs: 3} # set in every run
     grid: {training.weight_noise: [0, 0.075]}   # every combination is a separate set of runs
+    variants: {ours: {training.loss: mean}}     # named sets of overrides, each a separate set of runs
     search: {trials: 10, log_lr_range: [-12, -6], seed: 0}  # optional: learning-rate search first;
                                         # prune: {rungs: [10, 30, 90], eta: 3} (the default) or false
     lockstep: 3                         # runs per stacked model (seeds / lrs of one cell train together)
@@ -31,7 +32,18 @@ from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
 from gru_bench.search import LR_KEY, SEED_KEY, Halving, Search, override
 
-KEYS = ("name", "datasets", "models", "seeds", "config", "overrides", "grid", "search", "lockstep")
+KEYS = (
+    "name",
+    "datasets",
+    "models",
+    "seeds",
+    "config",
+    "overrides",
+    "grid",
+    "variants",
+    "search",
+    "lockstep",
+)
 SEARCH_KEYS = ("trials", "log_lr_range", "seed", "prune")
 RESERVED = {"dataset": "datasets", "model.cell": "models", SEED_KEY: "seeds"}  # set by the sweep's own lists
 
@@ -46,6 +58,7 @@ class Sweep:
     config: str = "../{dataset}/{model}.yaml"
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides (ablations)
     search: dict[str, Any] | None = None
     lockstep: int = 3
 
@@ -129,6 +142,10 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"{path}: models: unknown model {bad[0]!r} (choose from {', '.join(paper.CELLS)})")
     grid = _dotted_map(raw.get("grid") or {}, f"{path}: grid")
     grid = {k: _list(v, f"{path}: grid: {k}") for k, v in grid.items()}
+    variants = raw.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(k, str) and NAME[0](k) for k in variants):
+        raise UserError(f"{path}: variants must map names ({NAME[1]}) to overrides, got {variants!r}")
+    variants = {k: _dotted_map(v or {}, f"{path}: variants: {k}") for k, v in variants.items()}
     search = raw.get("search")
     if search is not None:
         search = _search(search, f"{path}: search")
@@ -155,6 +172,7 @@ def load_sweep(path: str | Path) -> Sweep:
         config=config,
         overrides=_dotted_map(raw.get("overrides") or {}, f"{path}: overrides"),
         grid=grid,
+        variants=variants,
         search=search,
         lockstep=lockstep,
     )
@@ -191,10 +209,14 @@ class Point:
 def points(sweep: Sweep) -> list[Point]:
     out = []
     combos = list(itertools.product(*sweep.grid.values())) or [()]
-    for dataset, model, combo in itertools.product(sweep.datasets, sweep.models, combos):
-        values = {**sweep.overrides, **dict(zip(sweep.grid, combo, strict=True))}
+    variants = list(sweep.variants.items()) or [("", {})]
+    for dataset, model, combo, (variant, changes) in itertools.product(
+        sweep.datasets, sweep.models, combos, variants
+    ):
+        values = {**sweep.overrides, **changes, **dict(zip(sweep.grid, combo, strict=True))}
         config = sweep.path.parent / sweep.config.format(dataset=dataset, model=model)
-        prefix = "-".join([sweep.name, *(_tag(k, v) for k, v in zip(sweep.grid, combo, strict=True))])
+        tags = [_tag(k, v) for k, v in zip(sweep.grid, combo, strict=True)]
+        prefix = "-".join([sweep.name, *([variant] if variant else []), *tags])
         out.append(Point(dataset, model, config, tuple(override(k, v) for k, v in values.items()), prefix))
     return out
 

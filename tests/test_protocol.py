@@ -99,9 +99,9 @@ def test_default_velocity_is_the_clipped_step_and_differs_from_the_authors():
 
 def test_rms_switches_are_validated(tmp_path: Path):
     with pytest.raises(UserError, match="rms_eps and training.rms_floor are both 0"):
-        _cfg(tmp_path, "training.rms_eps=0")
-    cfg = _cfg(tmp_path, "training.rms_eps=0", "training.rms_floor=0.01")
-    assert (cfg.training.rms_eps, cfg.training.rms_floor) == (0, 0.01)
+        _cfg(tmp_path, "training.rms_floor=0")
+    cfg = _cfg(tmp_path)  # the authors' normaliser by default
+    assert (cfg.training.rms_eps, cfg.training.rms_floor, cfg.training.loss) == (0, 0.01, "sum")
     with pytest.raises(UserError, match="training.loss must be one of mean, sum"):
         _cfg(tmp_path, "training.loss=total")
 
@@ -126,7 +126,9 @@ def test_summed_loss_scales_the_gradient_by_the_frames(tmp_path: Path, tiny_jsb:
 
 
 def test_noise_on_input_and_recurrent_weights(tmp_path: Path, tiny_jsb: Path):
-    a = train(_cfg(tmp_path, "run.name=u", "training.max_epochs=1"), quiet=True)
+    a = train(
+        _cfg(tmp_path, "run.name=u", "training.max_epochs=1", "training.noise_on=recurrent"), quiet=True
+    )
     b = train(
         _cfg(tmp_path, "run.name=wu", "training.max_epochs=1", "training.noise_on=input_recurrent"),
         quiet=True,
@@ -141,7 +143,16 @@ def test_noise_on_input_and_recurrent_weights(tmp_path: Path, tiny_jsb: Path):
         ),
         quiet=True,
     )
-    d = train(_cfg(tmp_path, "run.name=u0", "training.max_epochs=1", "training.weight_noise=0"), quiet=True)
+    d = train(
+        _cfg(
+            tmp_path,
+            "run.name=u0",
+            "training.max_epochs=1",
+            "training.noise_on=recurrent",
+            "training.weight_noise=0",
+        ),
+        quiet=True,
+    )
     assert a["test_nll"] != b["test_nll"]  # W's noise changes the run
     assert c["test_nll"] == d["test_nll"]  # with no noise the switch changes nothing
 

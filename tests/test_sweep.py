@@ -286,3 +286,26 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(
             plan[execute.RunSpec("", Path(), (), r).label] == f"resume after epoch {execute.epochs_done(r)}"
         )
         assert execute.epochs_done(r) >= 1
+
+
+def test_variants_are_named_sets_of_overrides_and_datasets_can_be_narrowed(tmp_path: Path, results: Path):
+    path = write_sweep(
+        tmp_path,
+        datasets=["jsb", "nottingham"],
+        models=["gru"],
+        seeds=[0],
+        overrides={"training.max_epochs": 3},
+        variants={"a": {}, "b": {"training.loss": "mean", "training.max_epochs": 5}},
+    )
+    s = sweep.load_sweep(path)
+    specs = {r.label: r.overrides for r in sweep.expand(s)}
+    assert list(specs) == [f"{d}/gru/t-{v}-seed0" for d in ("jsb", "nottingham") for v in ("a", "b")]
+    configs = {label: execute.load(r) for label, r in zip(specs, sweep.expand(s), strict=True)}
+    assert configs["jsb/gru/t-b-seed0"].training.loss == "mean"
+    assert configs["jsb/gru/t-b-seed0"].training.max_epochs == 5  # a variant overrides the common overrides
+    assert configs["jsb/gru/t-a-seed0"].training.max_epochs == 3
+    assert sweep.only_datasets(s, "nottingham") == ["nottingham"]
+    with pytest.raises(UserError, match="musedata not in"):
+        sweep.only_datasets(s, "musedata")
+    with pytest.raises(UserError, match="variants must map names"):
+        sweep.load_sweep(write_sweep(tmp_path, variants={"bad name": {}}))

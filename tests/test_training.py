@@ -392,7 +392,9 @@ def test_train_writes_the_run_dir(tmp_path: Path, tiny_jsb: Path):
 
 def test_training_learns(tmp_path: Path, tiny_jsb: Path):
     """On i.i.d. notes the best possible model is the Bernoulli baseline; a few epochs get close to it."""
-    summary = train(_cfg(tmp_path, "training.max_epochs=6", "training.lr=0.01"), quiet=True)
+    summary = train(
+        _cfg(tmp_path, "training.max_epochs=6", "training.lr=0.01", "training.eval_train_every=1"), quiet=True
+    )
     rows = list(
         csv.DictReader((tmp_path / "runs" / "jsb" / "gru" / summary["run_name"] / "metrics.csv").open())
     )
