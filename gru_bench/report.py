@@ -26,14 +26,15 @@ from gru_bench.fsutil import write_json, write_text
 
 RUN_COLUMNS = [
     "dataset", "cell", "run", "role", "status", "problem", "group", "main", "seed", "lr", "lr_searched",
-    "impl", "hidden", "params", "epochs", "best_epoch", "train_nll", "valid_nll", "test_nll",
-    "baseline_train", "baseline_test", "seconds_per_epoch", "total_seconds", "search", "path", "settings",
+    "impl", "hidden", "params", "epochs", "best_epoch", "pruned_epoch", "train_nll", "train_nll_seq",
+    "valid_nll", "test_nll", "test_nll_seq", "baseline_train", "baseline_test", "baseline_train_seq",
+    "baseline_test_seq", "seconds_per_epoch", "total_seconds", "search", "path", "settings",
 ]  # fmt: skip
 SEARCHED_LR = "training.lr"  # an outcome, not a setting, when a learning-rate search chose it
 BASELINE = "bernoulli"  # the `model` name of the independent-Bernoulli reference row
 MANIFEST = ".compare-files.json"  # in the out dir: what the last `compare` wrote (all it may ever remove)
 SEARCH_COLUMNS = [
-    "dataset", "cell", "search", "trials", "finished", "diverged", "other", "lr_min", "lr_max",
+    "dataset", "cell", "search", "trials", "finished", "pruned", "diverged", "other", "lr_min", "lr_max",
     "valid_min", "valid_median", "valid_max", "best_trial_lr", "record", "chosen_lr", "chosen_valid_nll",
 ]  # fmt: skip
 
@@ -107,6 +108,8 @@ def _problem(
         return f"stopped on NaN after {_count(epochs, 'epoch')}"
     if status == "running":
         return f"status running: unfinished or killed ({_count(epochs, 'epoch')} done)"
+    if status == "pruned":
+        return f"pruned by its search after {_count(epochs, 'epoch')}"
     if status != "complete":
         return f"unknown status {status!r} in summary.json"
     if metrics is None or len(metrics) < epochs:
@@ -144,7 +147,7 @@ def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
     problem = _problem(run_dir, summary, why_summary, metrics, config) or (
         why_config if config is None else ""
     )
-    baseline = summ.get("baseline_nll") or {}
+    baseline, baseline_seq = summ.get("baseline_nll") or {}, summ.get("baseline_nll_seq") or {}
     return {
         "dataset": summ.get("dataset", flat.get("dataset", rel[0])),
         "cell": summ.get("cell", flat.get("model.cell", rel[1] if len(rel) > 1 else "?")),
@@ -162,11 +165,16 @@ def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
         "params": summ.get("params"),
         "epochs": summ.get("epochs", 0 if metrics is None else len(metrics)),
         "best_epoch": summ.get("best_epoch"),
+        "pruned_epoch": summ.get("pruned_epoch"),
         "train_nll": summ.get("train_nll"),
-        "valid_nll": summ.get("best_valid_nll"),
+        "train_nll_seq": summ.get("train_nll_seq"),
+        "valid_nll": summ.get("best_valid_nll"),  # in the run's select metric
         "test_nll": summ.get("test_nll"),
+        "test_nll_seq": summ.get("test_nll_seq"),
         "baseline_train": baseline.get("train"),
         "baseline_test": baseline.get("test"),
+        "baseline_train_seq": baseline_seq.get("train"),
+        "baseline_test_seq": baseline_seq.get("test"),
         "seconds_per_epoch": summ.get("seconds_per_epoch"),
         "total_seconds": summ.get("total_seconds"),
         "search": trial.get("name") or final.get("name", ""),
@@ -240,7 +248,11 @@ def _mean_std(x: pd.Series) -> tuple[float, float]:
 
 
 def build_table(runs: pd.DataFrame, main: dict) -> pd.DataFrame:
-    """Table 2 rows for every dataset with runs (all three models, missing ones with n_runs 0) + baselines."""
+    """Table 2 rows for every dataset with runs (all three models, missing ones with n_runs 0) + baselines.
+
+    `*_seq`: the paper's metric (mean over sequences), compared with the paper's numbers; the others are
+    frame-weighted, compared with Bai et al. (2018) where they report the dataset. Runs that predate the
+    per-sequence metric have only frame-weighted numbers (their `_seq` cells are NaN)."""
     rows = []
     found = set(runs["dataset"])
     in_main = runs[runs["main"]]
@@ -248,7 +260,8 @@ def build_table(runs: pd.DataFrame, main: dict) -> pd.DataFrame:
         for cell in paper.CELLS:
             r = in_main[(in_main["dataset"] == dataset) & (in_main["cell"] == cell)]
             ref = paper.paper_nll(dataset, cell) or (math.nan, math.nan)
-            train, test = _mean_std(r["train_nll"]), _mean_std(r["test_nll"])
+            train, test = _mean_std(r["train_nll_seq"]), _mean_std(r["test_nll_seq"])
+            train_f, test_f = _mean_std(r["train_nll"]), _mean_std(r["test_nll"])
             lrs = sorted(set(r["lr"].dropna()))
             rows.append(
                 {
@@ -258,15 +271,20 @@ def build_table(runs: pd.DataFrame, main: dict) -> pd.DataFrame:
                     "n_runs": len(r),
                     "lr": lrs[0] if len(lrs) == 1 else math.nan,
                     "lr_searched": bool(r["lr_searched"].any()),
-                    "train_mean": train[0],
-                    "train_std": train[1],
-                    "valid_mean": _mean_std(r["valid_nll"])[0],
-                    "test_mean": test[0],
-                    "test_std": test[1],
+                    "train_seq_mean": train[0],
+                    "train_seq_std": train[1],
+                    "test_seq_mean": test[0],
+                    "test_seq_std": test[1],
                     "paper_train": ref[0],
                     "paper_test": ref[1],
                     "diff_train": train[0] - ref[0],
                     "diff_test": test[0] - ref[1],
+                    "valid_mean": _mean_std(r["valid_nll"])[0],
+                    "train_mean": train_f[0],
+                    "train_std": train_f[1],
+                    "test_mean": test_f[0],
+                    "test_std": test_f[1],
+                    "bai2018_test": paper.BAI2018_TEST.get(dataset, {}).get(cell, math.nan),
                     "seconds_per_epoch": _mean_std(r["seconds_per_epoch"])[0],
                     "seconds_per_epoch_std": _mean_std(r["seconds_per_epoch"])[1],
                     "best": False,
@@ -274,7 +292,8 @@ def build_table(runs: pd.DataFrame, main: dict) -> pd.DataFrame:
             )
         ours = [row for row in rows if row["dataset"] == dataset and row["n_runs"]]
         if ours:
-            min(ours, key=lambda row: row["test_mean"])["best"] = True
+            key = "test_seq_mean" if all(math.isfinite(row["test_seq_mean"]) for row in ours) else "test_mean"
+            min(ours, key=lambda row: row[key])["best"] = True
         base = in_main[in_main["dataset"] == dataset]
         rows.append(
             {
@@ -282,6 +301,8 @@ def build_table(runs: pd.DataFrame, main: dict) -> pd.DataFrame:
                 "model": BASELINE,
                 "n_runs": 0,
                 "best": False,
+                "train_seq_mean": _mean_std(base["baseline_train_seq"])[0],
+                "test_seq_mean": _mean_std(base["baseline_test_seq"])[0],
                 "train_mean": _mean_std(base["baseline_train"])[0],
                 "test_mean": _mean_std(base["baseline_test"])[0],
             }
@@ -324,6 +345,7 @@ def summarize_searches(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
         valid = pd.to_numeric(done["valid_nll"], errors="coerce")
         lrs = pd.to_numeric(t["lr"], errors="coerce")
         diverged = int((t["status"] == "stopped_nan").sum())
+        pruned = int((t["status"] == "pruned").sum())
         record, chosen = _search_record(results_dir, dataset, cell, name)
         rows.append(
             {
@@ -332,8 +354,9 @@ def summarize_searches(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
                 "search": name,
                 "trials": len(t),
                 "finished": len(done),
+                "pruned": pruned,
                 "diverged": diverged,
-                "other": len(t) - len(done) - diverged,
+                "other": len(t) - len(done) - diverged - pruned,
                 "lr_min": lrs.min(),
                 "lr_max": lrs.max(),
                 "valid_min": valid.min(),
@@ -354,7 +377,7 @@ def search_lines(searches: pd.DataFrame) -> list[str]:
     for r in searches.itertuples():
         line = (
             f"{r.dataset}/{r.cell} search '{r.search}': {_count(r.trials, 'trial')} ({r.finished} finished, "
-            f"{r.diverged} diverged, {r.other} other), lr {r.lr_min:.3g} to {r.lr_max:.3g}"
+            f"{r.pruned} pruned, {r.diverged} diverged, {r.other} other), lr {r.lr_min:.3g} to {r.lr_max:.3g}"
         )
         if r.finished:
             line += (
@@ -383,8 +406,24 @@ def _drop_repeated_seeds(runs: pd.DataFrame) -> None:
 
 
 def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
-    """`stats_compare.pairwise_comparison` of the table's runs (one per dataset, cell and seed)."""
-    return stats_compare.pairwise_comparison(runs.loc[runs["main"], ["dataset", "cell", "seed", "test_nll"]])
+    """`stats_compare.pairwise_comparison` of the table's runs (one per dataset, cell and seed) in the paper's
+    metric; datasets whose table runs predate it are compared frame-weighted (the `metric` column says)."""
+    main = runs.loc[runs["main"], ["dataset", "cell", "seed", "test_nll", "test_nll_seq"]]
+    parts = []
+    for _, d in main.groupby("dataset", sort=False):
+        seq = pd.to_numeric(d["test_nll_seq"], errors="coerce")
+        metric = "seq" if seq.notna().all() else "frame"
+        d = d.assign(test_nll=seq) if metric == "seq" else d
+        parts.append(
+            stats_compare.pairwise_comparison(d[["dataset", "cell", "seed", "test_nll"]]).assign(
+                metric=metric
+            )
+        )
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=[*stats_compare.COLUMNS, "metric"])
+    )
 
 
 def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFIGS_DIR) -> Report:
@@ -440,24 +479,47 @@ def to_markdown(report: Report, results_dir: Path) -> str:
         f"paper: {paper.CITATION}, Table 2. Δ = ours − paper. **Bold**: lowest mean test NLL of the dataset. "
         f"`{BASELINE}`: independent notes at their training frequencies (the bar any model must clear).",
         "",
+        "## In the paper's metric: mean over sequences of each sequence's NLL per frame",
+        "",
+        "The pylearn2 monitor behind the paper's Table 2 averages over batches of one sequence each. "
+        "— : the runs predate this metric (see the frame-weighted table).",
+        "",
         "| dataset | model | runs | lr | train | paper | Δ | test | paper | Δ |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    frame = [
+        "",
+        "## Frame-weighted: all frames of a split pooled",
+        "",
+        "The metric of Boulanger-Lewandowski et al. (2012) and Bai et al. (2018); Bai et al.'s models are "
+        f"larger (~300K parameters on JSB, ~1M on Nottingham). {paper.BAI2018}, Table 1.",
+        "",
+        "| dataset | model | runs | train | test | Bai et al. test |",
+        "|---|---|--:|--:|--:|--:|",
     ]
     for r in report.table.to_dict("records"):
         if r["model"] == BASELINE:
             lines.append(
-                f"| {r['dataset']} | *{BASELINE}* | | | {_fmt(r['train_mean'])} | | | "
-                f"{_fmt(r['test_mean'])} | | |"
+                f"| {r['dataset']} | *{BASELINE}* | | | {_fmt(r['train_seq_mean'])} | | | "
+                f"{_fmt(r['test_seq_mean'])} | | |"
+            )
+            frame.append(
+                f"| {r['dataset']} | *{BASELINE}* | | {_fmt(r['train_mean'])} | {_fmt(r['test_mean'])} | |"
             )
             continue
         lr = "—" if not math.isfinite(r["lr"]) else f"{r['lr']:.3g}" + (" (search)" * r["lr_searched"])
-        test = _fmt(r["test_mean"], r["test_std"])
+        test = _fmt(r["test_seq_mean"], r["test_seq_std"])
         model, test = (f"**{r['model']}**", f"**{test}**") if r["best"] else (r["model"], test)
         lines.append(
             f"| {r['dataset']} | {model} | {r['n_runs']} | {lr} "
-            f"| {_fmt(r['train_mean'], r['train_std'])} | {_fmt(r['paper_train'])} "
+            f"| {_fmt(r['train_seq_mean'], r['train_seq_std'])} | {_fmt(r['paper_train'])} "
             f"| {_signed(r['diff_train'])} | {test} | {_fmt(r['paper_test'])} | {_signed(r['diff_test'])} |"
         )
+        frame.append(
+            f"| {r['dataset']} | {r['model']} | {r['n_runs']} | {_fmt(r['train_mean'], r['train_std'])} "
+            f"| {_fmt(r['test_mean'], r['test_std'])} | {_fmt(r['bai2018_test'])} |"
+        )
+    lines += frame
     table = report.table
     base = table[table["model"] == BASELINE].set_index("dataset")["test_mean"]
     ours = table[(table["model"] != BASELINE) & (table["n_runs"] > 0)]
@@ -504,16 +566,18 @@ def pairwise_markdown(pw: pd.DataFrame) -> list[str]:
         "Test NLL of model a − model b over the seeds both have (negative: a is better), mean ± std of the "
         "per-seed differences; paired t-test (two-sided). A verdict names a winner only when the gap "
         "exceeds the seed-to-seed spread (the larger of the two models' std over seeds) and p < "
-        f"{stats_compare.ALPHA:g}; see `gru_bench.stats_compare.pairwise_comparison` for the exact rule.",
+        f"{stats_compare.ALPHA:g}; see `gru_bench.stats_compare.pairwise_comparison` for the exact rule. "
+        "Metric: seq (the paper's) where every table run has it, else frame.",
         "",
-        "| dataset | a − b | difference | seeds | seed spread (a, b) | t | p | verdict |",
-        "|---|---|--:|--:|--:|--:|--:|---|",
+        "| dataset | metric | a − b | difference | seeds | seed spread (a, b) | t | p | verdict |",
+        "|---|---|---|--:|--:|--:|--:|--:|---|",
     ]
     for r in pw.itertuples():
         spread = f"{_fmt(r.std_a, digits=3)}, {_fmt(r.std_b, digits=3)}"
         t, p = (f"{r.t:.2f}", f"{r.p:.2g}") if math.isfinite(r.p) else ("—", "—")
         lines.append(
-            f"| {r.dataset} | {r.cell_a} − {r.cell_b} | {_fmt(r.mean_diff, r.std_diff, 3)} | {r.n_paired} "
+            f"| {r.dataset} | {r.metric} | {r.cell_a} − {r.cell_b} | {_fmt(r.mean_diff, r.std_diff, 3)} "
+            f"| {r.n_paired} "
             f"| {spread} | {t} | {p} | {r.verdict} |"
         )
     return lines
