@@ -525,7 +525,7 @@ def _write_outputs(out: Path, files: dict[str, str], report: Report) -> None:
     old, _ = _read(out / MANIFEST, lambda p: json.loads(p.read_text()))
     for name, text in files.items():
         write_text(out / name, text)
-    written = [*files, *(p.name for p in figures.write_all(report, out))]
+    written = [*files, *(p.name for p in figures.write_all(report.table, report.curves, out))]
     stale = set(old if isinstance(old, list) else []) - set(written)
     for name in sorted(stale):
         if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..", MANIFEST):

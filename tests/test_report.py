@@ -181,6 +181,22 @@ def test_compare_writes_tables_and_figures(results: Path, tmp_path: Path) -> Non
     assert "jsb/lstm/half: status running" in md and "model.hidden: 12 (table: 8)" in md
 
 
+def test_compare_writes_the_same_bytes_every_time(results: Path, tmp_path: Path) -> None:
+    """Rerunning `compare` on unchanged runs leaves committed reports untouched: no dates, versions or
+    random SVG ids in the figures."""
+    first = compare(results, tmp_path / "a", configs_dir=None)
+    again = compare(results, tmp_path / "b", configs_dir=None)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+    svg = (first / "test_nll.svg").read_text()
+    assert "<dc:date>" not in svg and "Matplotlib v" not in svg
+    assert b"Software" not in (first / "test_nll.png").read_bytes()
+    compare(results, first, configs_dir=None)  # into the same folder: nothing changes either
+    assert all((first / n).read_bytes() == (again / n).read_bytes() for n in names)
+
+
 def test_cli_compare(results: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(
