@@ -431,19 +431,14 @@ def _signed(x: float) -> str:
     return f"{x:+.2f}" if math.isfinite(x) else "—"
 
 
-def to_markdown(report: Report, results_dir: Path) -> str:
-    """table2.md: the table, then what was left out of it and why."""
+def table_markdown(table: pd.DataFrame) -> list[str]:
+    """Table 2 as markdown (then who is worse than the baseline), from `build_table`'s rows or the
+    table2.csv they were saved to: table2.md and the generated blocks of the README both print this."""
     lines = [
-        "# Table 2: negative log-likelihood per frame (nats)",
-        "",
-        f"Runs under `{results_dir}/runs`. Ours: mean ± std over seeds of the best-validation model; "
-        f"paper: {paper.CITATION}, Table 2. Δ = ours − paper. **Bold**: lowest mean test NLL of the dataset. "
-        f"`{BASELINE}`: independent notes at their training frequencies (the bar any model must clear).",
-        "",
         "| dataset | model | runs | lr | train | paper | Δ | test | paper | Δ |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for r in report.table.to_dict("records"):
+    for r in table.to_dict("records"):
         if r["model"] == BASELINE:
             lines.append(
                 f"| {r['dataset']} | *{BASELINE}* | | | {_fmt(r['train_mean'])} | | | "
@@ -458,7 +453,6 @@ def to_markdown(report: Report, results_dir: Path) -> str:
             f"| {_fmt(r['train_mean'], r['train_std'])} | {_fmt(r['paper_train'])} "
             f"| {_signed(r['diff_train'])} | {test} | {_fmt(r['paper_test'])} | {_signed(r['diff_test'])} |"
         )
-    table = report.table
     base = table[table["model"] == BASELINE].set_index("dataset")["test_mean"]
     ours = table[(table["model"] != BASELINE) & (table["n_runs"] > 0)]
     worse = [
@@ -466,6 +460,21 @@ def to_markdown(report: Report, results_dir: Path) -> str:
     ]
     if worse:
         lines += ["", f"**Worse than the Bernoulli baseline** (undertrained or broken): {', '.join(worse)}"]
+    return lines
+
+
+def to_markdown(report: Report, results_dir: Path) -> str:
+    """table2.md: the table, then what was left out of it and why."""
+    lines = [
+        "# Table 2: negative log-likelihood per frame (nats)",
+        "",
+        f"Runs under `{results_dir}/runs`. Ours: mean ± std over seeds of the best-validation model; "
+        f"paper: {paper.CITATION}, Table 2. Δ = ours − paper. **Bold**: lowest mean test NLL of the dataset. "
+        f"`{BASELINE}`: independent notes at their training frequencies (the bar any model must clear).",
+        "",
+        *table_markdown(report.table),
+    ]
+    table = report.table
     lines += ["", "## Left out of the table", ""]
     lines += [f"- {p}" for p in report.problems] or ["- nothing: every run found is finished and tabulated"]
     lines += ["", "## Finished runs with other settings (not averaged into the table)", ""]
