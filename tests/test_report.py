@@ -208,6 +208,20 @@ def test_cli_compare(results: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "runs" in res.output and "Traceback" not in res.output
 
 
+def test_cli_compare_rewrites_the_readme_blocks(results: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# r\n<!-- gru-bench:table2 -->\nold\n<!-- /gru-bench:table2 -->\nend\n")
+    args = ["compare", str(results), "--out", str(tmp_path / "r"), "--configs", str(tmp_path)]
+    res = CliRunner().invoke(app, [*args, "--readme", str(readme)])
+    assert res.exit_code == 0, res.output
+    assert f"updated {readme}" in res.output
+    text, table2 = readme.read_text(), (tmp_path / "r" / "table2.md").read_text()
+    rows = [line for line in table2.split("## Left out")[0].splitlines() if line.startswith("| jsb |")]
+    assert "\nold\n" not in text and text.endswith("end\n") and rows and all(row in text for row in rows)
+    res = CliRunner().invoke(app, [*args, "--readme", str(tmp_path / "missing.md")])
+    assert res.exit_code == 2 and "missing.md" in res.output and "Traceback" not in res.output
+
+
 def test_model_differences_match_a_paired_t_test_over_seeds(results: Path, tmp_path: Path) -> None:
     out = compare(results, tmp_path / "report", configs_dir=None)
     pw = pd.read_csv(out / "pairwise.csv")
