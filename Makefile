@@ -13,6 +13,9 @@ BIN := $(VENV)/bin
 GB := $(BIN)/gru-bench
 SWEEP := $(if $(filter 1,$(SEARCH)),configs/sweeps/reproduce-search.yaml,configs/sweeps/reproduce.yaml)
 QUICK_RESULTS := results/quick
+# Markdown files whose generated tables (<!-- gru-bench:NAME --> blocks) `compare` rewrites from results/.
+DOCS := README.md $(wildcard docs/*.md)
+README_FLAGS := $(foreach f,$(DOCS),--readme $(f))
 
 .PHONY: venv test lint data reproduce reproduce-quick report bench clean distclean
 
@@ -42,15 +45,16 @@ data: venv
 # A failed run does not stop the report (it lists the failure); make still exits non-zero.
 reproduce: data
 	status=0; $(GB) sweep $(SWEEP) --workers $(WORKERS) || status=$$?; \
-	$(GB) compare results --out results/report && exit $$status
+	$(GB) compare results --out results/report $(README_FLAGS) && exit $$status
 
 # The same pipeline on a tiny epoch budget and one seed, into results/quick/ (not committed).
 reproduce-quick: data
 	status=0; GRU_BENCH_RESULTS=$(QUICK_RESULTS) $(GB) sweep configs/sweeps/quick.yaml --workers $(WORKERS) \
 		|| status=$$?; $(GB) compare $(QUICK_RESULTS) --out $(QUICK_RESULTS)/report && exit $$status
 
+# The report from the runs in results/, and the tables of README.md and docs/ from the report.
 report: venv
-	$(GB) compare results --out results/report
+	$(GB) compare results --out results/report $(README_FLAGS)
 
 bench: venv
 	$(GB) bench --out results/bench/bench.csv

@@ -196,6 +196,12 @@ def compare_cmd(
         "matching <dataset>/<cell>.yaml there (else its largest group) "
         "(default: the repository's configs/).",
     ),
+    readme: list[Path] | None = typer.Option(
+        None,
+        "--readme",
+        help="Markdown file (repeatable) whose <!-- gru-bench:NAME --> blocks are rewritten from the "
+        "report and RESULTS/bench/bench.csv.",
+    ),
 ) -> None:
     """Table 2 beside the paper (mean ± std over seeds), learning-curve figures, and every left-out run."""
     from rich.console import Console
@@ -208,6 +214,12 @@ def compare_cmd(
     report_dir = compare(results or results_dir(), out, configs or CONFIGS_DIR)
     Console().print(Markdown((report_dir / "table2.md").read_text()))
     typer.echo(f"wrote {report_dir}/")
+    if readme:
+        from gru_bench.readme import update_files
+
+        bench_csv = (results or results_dir()) / "bench" / "bench.csv"
+        for path in update_files(readme, report_dir, bench_csv):
+            typer.echo(f"updated {path}")
 
 
 @app.command("sample")

@@ -470,16 +470,12 @@ def _signed(x: float) -> str:
     return f"{x:+.2f}" if math.isfinite(x) else "—"
 
 
-def to_markdown(report: Report, results_dir: Path) -> str:
-    """table2.md: the table, then what was left out of it and why."""
+def table_markdown(table: pd.DataFrame) -> list[str]:
+    """Table 2 as markdown, in the paper's metric beside the paper and frame-weighted beside Bai et al.
+    (2018), then who is worse than the baseline; from `build_table`'s rows or the table2.csv they were saved
+    to: table2.md and the generated blocks of the README both print this."""
     lines = [
-        "# Table 2: negative log-likelihood per frame (nats)",
-        "",
-        f"Runs under `{results_dir}/runs`. Ours: mean ± std over seeds of the best-validation model; "
-        f"paper: {paper.CITATION}, Table 2. Δ = ours − paper. **Bold**: lowest mean test NLL of the dataset. "
-        f"`{BASELINE}`: independent notes at their training frequencies (the bar any model must clear).",
-        "",
-        "## In the paper's metric: mean over sequences of each sequence's NLL per frame",
+        "### In the paper's metric: mean over sequences of each sequence's NLL per frame",
         "",
         "The pylearn2 monitor behind the paper's Table 2 averages over batches of one sequence each. "
         "— : the runs predate this metric (see the frame-weighted table).",
@@ -489,7 +485,7 @@ def to_markdown(report: Report, results_dir: Path) -> str:
     ]
     frame = [
         "",
-        "## Frame-weighted: all frames of a split pooled",
+        "### Frame-weighted: all frames of a split pooled",
         "",
         "The metric of Boulanger-Lewandowski et al. (2012) and Bai et al. (2018); Bai et al.'s models are "
         f"larger (~300K parameters on JSB, ~1M on Nottingham). {paper.BAI2018}, Table 1.",
@@ -497,7 +493,7 @@ def to_markdown(report: Report, results_dir: Path) -> str:
         "| dataset | model | runs | train | test | Bai et al. test |",
         "|---|---|--:|--:|--:|--:|",
     ]
-    for r in report.table.to_dict("records"):
+    for r in table.to_dict("records"):
         if r["model"] == BASELINE:
             lines.append(
                 f"| {r['dataset']} | *{BASELINE}* | | | {_fmt(r['train_seq_mean'])} | | | "
@@ -520,7 +516,6 @@ def to_markdown(report: Report, results_dir: Path) -> str:
             f"| {_fmt(r['test_mean'], r['test_std'])} | {_fmt(r['bai2018_test'])} |"
         )
     lines += frame
-    table = report.table
     base = table[table["model"] == BASELINE].set_index("dataset")["test_mean"]
     ours = table[(table["model"] != BASELINE) & (table["n_runs"] > 0)]
     worse = [
@@ -528,6 +523,21 @@ def to_markdown(report: Report, results_dir: Path) -> str:
     ]
     if worse:
         lines += ["", f"**Worse than the Bernoulli baseline** (undertrained or broken): {', '.join(worse)}"]
+    return lines
+
+
+def to_markdown(report: Report, results_dir: Path) -> str:
+    """table2.md: the table, then what was left out of it and why."""
+    lines = [
+        "# Table 2: negative log-likelihood per frame (nats)",
+        "",
+        f"Runs under `{results_dir}/runs`. Ours: mean ± std over seeds of the best-validation model; "
+        f"paper: {paper.CITATION}, Table 2. Δ = ours − paper. **Bold**: lowest mean test NLL of the dataset. "
+        f"`{BASELINE}`: independent notes at their training frequencies (the bar any model must clear).",
+        "",
+        *table_markdown(report.table),
+    ]
+    table = report.table
     lines += ["", "## Left out of the table", ""]
     lines += [f"- {p}" for p in report.problems] or ["- nothing: every run found is finished and tabulated"]
     lines += ["", "## Finished runs with other settings (not averaged into the table)", ""]
@@ -589,7 +599,7 @@ def _write_outputs(out: Path, files: dict[str, str], report: Report) -> None:
     old, _ = _read(out / MANIFEST, lambda p: json.loads(p.read_text()))
     for name, text in files.items():
         write_text(out / name, text)
-    written = [*files, *(p.name for p in figures.write_all(report, out))]
+    written = [*files, *(p.name for p in figures.write_all(report.table, report.curves, out))]
     stale = set(old if isinstance(old, list) else []) - set(written)
     for name in sorted(stale):
         if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..", MANIFEST):

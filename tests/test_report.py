@@ -189,6 +189,22 @@ def test_compare_writes_tables_and_figures(results: Path, tmp_path: Path) -> Non
     assert "jsb/lstm/half: status running" in md and "model.hidden: 12 (table: 8)" in md
 
 
+def test_compare_writes_the_same_bytes_every_time(results: Path, tmp_path: Path) -> None:
+    """Rerunning `compare` on unchanged runs leaves committed reports untouched: no dates, versions or
+    random SVG ids in the figures."""
+    first = compare(results, tmp_path / "a", configs_dir=None)
+    again = compare(results, tmp_path / "b", configs_dir=None)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+    svg = (first / "test_nll.svg").read_text()
+    assert "<dc:date>" not in svg and "Matplotlib v" not in svg
+    assert b"Software" not in (first / "test_nll.png").read_bytes()
+    compare(results, first, configs_dir=None)  # into the same folder: nothing changes either
+    assert all((first / n).read_bytes() == (again / n).read_bytes() for n in names)
+
+
 def test_cli_compare(results: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(
@@ -198,6 +214,20 @@ def test_cli_compare(results: Path, tmp_path: Path) -> None:
     assert "Table 2" in res.output and (tmp_path / "r" / "table2.md").exists()
     res = runner.invoke(app, ["compare", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "runs" in res.output and "Traceback" not in res.output
+
+
+def test_cli_compare_rewrites_the_readme_blocks(results: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# r\n<!-- gru-bench:table2 -->\nold\n<!-- /gru-bench:table2 -->\nend\n")
+    args = ["compare", str(results), "--out", str(tmp_path / "r"), "--configs", str(tmp_path)]
+    res = CliRunner().invoke(app, [*args, "--readme", str(readme)])
+    assert res.exit_code == 0, res.output
+    assert f"updated {readme}" in res.output
+    text, table2 = readme.read_text(), (tmp_path / "r" / "table2.md").read_text()
+    rows = [line for line in table2.split("## Left out")[0].splitlines() if line.startswith("| jsb |")]
+    assert "\nold\n" not in text and text.endswith("end\n") and rows and all(row in text for row in rows)
+    res = CliRunner().invoke(app, [*args, "--readme", str(tmp_path / "missing.md")])
+    assert res.exit_code == 2 and "missing.md" in res.output and "Traceback" not in res.output
 
 
 def test_model_differences_match_a_paired_t_test_over_seeds(results: Path, tmp_path: Path) -> None:

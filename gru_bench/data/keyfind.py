@@ -5,7 +5,7 @@ The reference rolls were transposed "to C major or minor" by the original site, 
 is estimated from the notes: Pearson correlation of the duration-weighted (in ticks) pitch-class histogram
 with the 24 rotated Albrecht & Shanahan (2013) major/minor profiles, minor scores lowered by MINOR_BIAS.
 That one constant was tuned on the four datasets (it stops relative-minor picks for major tunes):
-agreement with the reference shifts is in the README section `midi.md`.
+agreement with the reference shifts is in docs/data.md, section "The MIDI route".
 """
 
 from __future__ import annotations
