@@ -235,7 +235,7 @@ def test_model_differences_match_a_paired_t_test_over_seeds(results: Path, tmp_p
     pw = pd.read_csv(out / "pairwise.csv")
     md = (out / "table2.md").read_text()
     assert "## Model differences (paired over seeds)" in md
-    nll = {c: np.array([x["test_nll_seq"] for x in _summaries(results, c)]) for c in paper.CELLS}  # paper metric
+    nll = {c: np.array([x["test_nll_seq"] for x in _summaries(results, c)]) for c in paper.CELLS}
     pairs = [("tanh", "lstm"), ("tanh", "gru"), ("lstm", "gru")]
     assert [(r.cell_a, r.cell_b) for r in pw.itertuples()] == pairs
     for r, (a, b) in zip(pw.itertuples(), pairs, strict=True):
