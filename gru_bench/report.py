@@ -127,7 +127,9 @@ def _finite(x: Any) -> bool:
 
 def _run_dirs(runs_root: Path) -> list[Path]:
     marks = ("config.yaml", "summary.json", "metrics.csv", ERROR_FILE)
-    return sorted({p.parent for m in marks for p in runs_root.rglob(m)})
+    found = {p.parent for m in marks for p in runs_root.rglob(m)}
+    # hidden folders are scratch space (train --rebuild's .rebuild), not runs
+    return sorted(d for d in found if not any(x.startswith(".") for x in d.relative_to(runs_root).parts))
 
 
 def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:

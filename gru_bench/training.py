@@ -293,13 +293,21 @@ def _progress(console: Console, quiet: bool) -> Progress:
     )
 
 
-def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
+def train(
+    cfg: Config, run_dir: Path | None = None, resume: bool = False, quiet: bool = False, restart: bool = False
+) -> dict:
     """Train one model (a lockstep stack of one) and return its summary."""
-    return train_lockstep([cfg], [run_dir] if run_dir else None, resume=resume, quiet=quiet)[0]
+    return train_lockstep([cfg], [run_dir] if run_dir else None, resume=resume, quiet=quiet, restart=restart)[
+        0
+    ]
 
 
 def train_lockstep(
-    cfgs: list[Config], run_dirs: list[Path] | None = None, resume: bool = False, quiet: bool = False
+    cfgs: list[Config],
+    run_dirs: list[Path] | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    restart: bool = False,
 ) -> list[dict]:
     """Train K models as one stack; each writes its own run dir (see the module docstring). Returns summaries.
 
@@ -315,12 +323,14 @@ def train_lockstep(
     if cfgs[0].training.threads:
         torch.set_num_threads(cfgs[0].training.threads)
     try:
-        return _train_lockstep(cfgs, run_dirs, resume, quiet)
+        return _train_lockstep(cfgs, run_dirs, resume, quiet, restart)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: bool, quiet: bool) -> list[dict]:
+def _train_lockstep(
+    cfgs: list[Config], run_dirs: list[Path] | None, resume: bool, quiet: bool, restart: bool = False
+) -> list[dict]:
     console = Console(quiet=quiet, soft_wrap=True)
     dirs = run_dirs or [default_run_dir(c) for c in cfgs]
     if len(dirs) != len(cfgs) or len({Path(d).resolve() for d in dirs}) != len(dirs):
@@ -331,13 +341,15 @@ def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: boo
     with contextlib.ExitStack() as locks:
         for d in dirs:
             locks.enter_context(run_lock(Path(d), console))
-        return _train_locked(cfgs, [Path(d) for d in dirs], resume, console)
+        return _train_locked(cfgs, [Path(d) for d in dirs], resume, console, restart)
 
 
-def _train_locked(cfgs: list[Config], dirs: list[Path], resume: bool, console: Console) -> list[dict]:
+def _train_locked(
+    cfgs: list[Config], dirs: list[Path], resume: bool, console: Console, restart: bool = False
+) -> list[dict]:
     quiet = console.quiet
     runs = [_Run(c, d, _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
-    states = [prepare_dir(r.dir, r.cfg, resume) for r in runs]
+    states = [prepare_dir(r.dir, r.cfg, resume, restart) for r in runs]
     cfg, k = cfgs[0], len(cfgs)
     device = _device(cfg)
 
@@ -595,11 +607,13 @@ def train_command(
     seeds: list[int] | None = None,
     resume: list[Path] = (),
     quiet: bool = False,
+    restart: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> list[dict]:
     """`gru-bench train`: one config (several `seeds` train in lockstep), or `resume` run dirs (one stack).
 
     A resumed run keeps its saved config; only keys of the machine, not of the experiment (--device, ...),
-    may change."""
+    may change. `restart` starts unfinished runs over; `labels` name the options behind `overrides`."""
     if resume:
         changed = sorted({parse_override(o)[0] for o in overrides} - set(RESUME_KEYS))
         extra = ["CONFIG"] * (config is not None) + ["--seeds"] * bool(seeds) + changed
@@ -609,12 +623,13 @@ def train_command(
                 f"(only {', '.join(RESUME_KEYS)} may change)"
             )
         cfgs = [run_config(Path(d), overrides) for d in resume]
-        return train_lockstep(cfgs, [Path(d) for d in resume], resume=True, quiet=quiet)
+        return train_lockstep(cfgs, [Path(d) for d in resume], resume=True, quiet=quiet, restart=restart)
     if config is None:
         raise UserError("give a CONFIG (e.g. configs/jsb/gru.yaml or jsb/gru) or --resume RUN_DIR")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, labels)
     if not seeds:
-        return [train(cfg, quiet=quiet)]
+        return [train(cfg, quiet=quiet, restart=restart)]
     if cfg.run.name and len(seeds) > 1:
         raise UserError("--name names one run; with several --seeds leave it out (runs are named seed<seed>)")
-    return train_lockstep([cfg.replace(**{"training.seed": s}) for s in seeds], quiet=quiet)
+    cfgs = [cfg.replace(**{"training.seed": s}) for s in seeds]
+    return train_lockstep(cfgs, quiet=quiet, restart=restart)
