@@ -228,11 +228,15 @@ def compare_cmd(
     ),
 ) -> None:
     """Table 2 beside the paper (mean ± std over seeds), learning-curve figures, and every left-out run."""
+    from gru_bench.paths import results_dir, runs_root
+
+    root = runs_root(results or results_dir())  # a wrong path is refused before the slow imports
+    typer.echo(f"reading the runs under {root} ...")
+
     from rich.console import Console
     from rich.markdown import Markdown
 
     from gru_bench.config import CONFIGS_DIR
-    from gru_bench.paths import results_dir
     from gru_bench.report import compare
 
     report_dir = compare(results or results_dir(), out, configs or CONFIGS_DIR)

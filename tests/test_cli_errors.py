@@ -258,6 +258,7 @@ def test_a_run_folder_in_use_is_refused(run_dir: Path) -> None:
 
 
 def test_compare_with_a_missing_configs_folder(results: Path, tmp_path: Path) -> None:
+    (results / "runs").mkdir()
     fails(
         ["compare", results, "--configs", tmp_path / "nope"], f"--configs {tmp_path / 'nope'} is not a folder"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli_errors import fails
-from test_training import TINY, _cfg, tiny_jsb  # noqa: F401  (tiny_jsb is a fixture)
+from test_training import TINY, _cfg, tiny_jsb  # noqa: F401  (tiny_jsb: a fixture)
 from typer.testing import CliRunner
 
 from gru_bench import rundir
@@ -19,7 +19,8 @@ from gru_bench.training import train
 
 
 @pytest.fixture
-def finished(tmp_path: Path, tiny_jsb: Path) -> Path:  # noqa: F811
+@pytest.mark.usefixtures("tiny_jsb")
+def finished(tmp_path: Path) -> Path:
     """A finished 2-epoch run of the tiny dataset."""
     cfg = _cfg(tmp_path, "training.max_epochs=2", "run.name=r")
     assert train(cfg, quiet=True)["status"] == "complete"
@@ -65,7 +66,8 @@ def test_rebuild_refuses_runs_that_need_none(finished: Path):
     fails(["train", "--rebuild", finished, "--seed", "3"], "takes no other option")
 
 
-def test_resume_after_editing_config_yaml_is_one_line(tmp_path: Path, tiny_jsb: Path):  # noqa: F811
+@pytest.mark.usefixtures("tiny_jsb")
+def test_resume_after_editing_config_yaml_is_one_line(tmp_path: Path):
     cfg = _cfg(tmp_path, "training.max_epochs=3", "run.name=r")
     run = tmp_path / "runs" / "jsb" / "gru" / "r"
     train(cfg, quiet=True)
@@ -78,7 +80,8 @@ def test_resume_after_editing_config_yaml_is_one_line(tmp_path: Path, tiny_jsb: 
     assert _files(run) == before
 
 
-def test_damaged_last_pt_offers_restart_in_both_messages(tmp_path: Path, tiny_jsb: Path):  # noqa: F811
+@pytest.mark.usefixtures("tiny_jsb")
+def test_damaged_last_pt_offers_restart_in_both_messages(tmp_path: Path):
     cfg = _cfg(tmp_path, "training.max_epochs=3", "run.name=r")
     run = tmp_path / "runs" / "jsb" / "gru" / "r"
     train(cfg, quiet=True)
@@ -95,7 +98,8 @@ def test_damaged_last_pt_offers_restart_in_both_messages(tmp_path: Path, tiny_js
     fails(["train", "--resume", run, "--restart"], "--restart never overwrites it")
 
 
-def test_seed_options(tmp_path: Path, tiny_jsb: Path):  # noqa: F811
+@pytest.mark.usefixtures("tiny_jsb")
+def test_seed_options(tmp_path: Path):
     fails(["train", "jsb/gru", "--seed", "-1"], "--seed -1: training.seed must be an integer from 0")
     fails(["train", "jsb/gru", "--seeds", "1,-1"], "--seeds 1,-1")
     fails(["train", "jsb/gru", "--seeds", "1,2", "--seed", "3"], "--seed 3 and --seeds 1,2: give one")
