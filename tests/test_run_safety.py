@@ -19,8 +19,7 @@ from gru_bench.training import train
 
 
 @pytest.fixture
-@pytest.mark.usefixtures("tiny_jsb")
-def finished(tmp_path: Path) -> Path:
+def finished(tmp_path: Path, tiny_jsb: Path) -> Path:  # noqa: F811
     """A finished 2-epoch run of the tiny dataset."""
     cfg = _cfg(tmp_path, "training.max_epochs=2", "run.name=r")
     assert train(cfg, quiet=True)["status"] == "complete"
