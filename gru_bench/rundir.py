@@ -26,7 +26,7 @@ from torch import Tensor
 from gru_bench.config import Config, config_hash, load_config, run_name
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write, write_json, write_text
-from gru_bench.models import StackedModel, build_model, hidden_for_budget
+from gru_bench.models import StackedModel, build_model, count_params, hidden_for_budget
 from gru_bench.paths import results_dir
 
 try:
@@ -49,9 +49,25 @@ def _hidden(cfg: Config) -> int | None:
     return hidden_for_budget(m.cell, m.impl, m.param_budget) if m.param_budget else m.hidden
 
 
+# float32 copies of the weights training holds: weights, gradients, noisy weights and three RMSProp buffers
+_COPIES = 6
+
+
 def model_for(cfg: Config, k: int) -> StackedModel:
-    """A stack of k untrained models of the config's cell, implementation and size."""
-    return build_model(cfg.model.cell, cfg.model.impl, _hidden(cfg), k=k, fast=cfg.model.fast)
+    """A stack of k untrained models of the config's cell, implementation and size; a size that cannot fit
+    in memory is a UserError that says how much it would need."""
+    hidden = _hidden(cfg)
+    need = count_params(cfg.model.cell, cfg.model.impl, hidden or 1) * k * 4 * _COPIES
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    too_big = f"model.hidden {hidden}: {k} model(s) of this size need about {need / 2**30:.1f} GiB to train"
+    if have and need > have:
+        raise UserError(f"{too_big}, this machine has {have / 2**30:.1f} GiB: use a smaller model.hidden")
+    try:
+        return build_model(cfg.model.cell, cfg.model.impl, hidden, k=k, fast=cfg.model.fast)
+    except (MemoryError, RuntimeError) as e:  # torch raises RuntimeError when an allocation fails
+        if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
+            raise
+        raise UserError(f"{too_big}, more than is free now: use a smaller model.hidden") from None
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Config]:
