@@ -59,10 +59,11 @@ report: venv
 bench: venv
 	$(GB) bench --out results/bench/bench.csv
 
-# Removes only what can be rebuilt without a download or a training run.
+# Removes only what can be rebuilt without a download or a training run: never results/ (runs of
+# reproduce-quick included), and not numba's compiled kernels (*.nbi/*.nbc beside the .pyc files).
 clean:
-	rm -rf build *.egg-info .pytest_cache .ruff_cache $(QUICK_RESULTS)
-	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
+	find . -name '*.py[co]' -path '*/__pycache__/*' -not -path "./$(VENV)/*" -delete
 
 # Also removes the venv, downloads, processed data and run checkpoints, after asking.
 distclean: clean

@@ -138,22 +138,56 @@ def train_cmd(
         help="Continue the run in this folder where it stopped "
         "(repeatable: a lockstep group resumes together).",
     ),
+    restart: bool = typer.Option(
+        False,
+        "--restart",
+        help="Start an unfinished run over (e.g. its last.pt is damaged); never a finished one.",
+    ),
+    rebuild: Path | None = typer.Option(
+        None,
+        help="Recreate a finished run's missing best.pt/last.pt (same config and seed; numbers checked).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Train a model (or a lockstep stack of seeds); checkpoints every epoch, Ctrl-C safe (--resume)."""
     from gru_bench.config import parse_seeds
     from gru_bench.training import train_command
 
+    if rebuild is not None:
+        from gru_bench.rundir import rebuild as rebuild_run
+
+        if (
+            config
+            or set_
+            or resume
+            or restart
+            or any(v is not None for v in (seed, seeds, lr, epochs, name, out))
+        ):
+            raise UserError("--rebuild RUN_DIR takes no other option (it retrains the run's own config.yaml)")
+        rebuild_run(rebuild, quiet=quiet)
+        typer.echo(f"{rebuild}: rebuilt best.pt and last.pt (metrics.csv reproduced)")
+        return
+    if seed is not None and seeds:
+        raise UserError(f"--seed {seed} and --seeds {seeds}: give one of them")
     typed = {
-        "training.seed": seed,
-        "training.lr": lr,
-        "training.max_epochs": epochs,
-        "training.device": device,
-        "run.name": name,
-        "run.out_dir": out,
+        "training.seed": ("--seed", seed),
+        "training.lr": ("--lr", lr),
+        "training.max_epochs": ("--epochs", epochs),
+        "training.device": ("--device", device),
+        "run.name": ("--name", name),
+        "run.out_dir": ("--out", out),
     }
-    overrides = [*set_, *(f"{k}={v}" for k, v in typed.items() if v is not None)]
-    summaries = train_command(config, overrides, parse_seeds(seeds) if seeds else None, resume, quiet=quiet)
+    labels = {f"{k}={v}": f"{opt} {v}" for k, (opt, v) in typed.items() if v is not None}
+    overrides = [*set_, *labels]
+    summaries = train_command(
+        config,
+        overrides,
+        parse_seeds(seeds) if seeds else None,
+        resume,
+        quiet=quiet,
+        restart=restart,
+        labels=labels,
+    )
     for s in summaries:
         test = f"{s['test_nll']:.4f}" if s["test_nll"] is not None else "-"
         typer.echo(
@@ -204,11 +238,15 @@ def compare_cmd(
     ),
 ) -> None:
     """Table 2 beside the paper (mean ± std over seeds), learning-curve figures, and every left-out run."""
+    from gru_bench.paths import results_dir, runs_root
+
+    root = runs_root(results or results_dir())  # a wrong path is refused before the slow imports
+    typer.echo(f"reading the runs under {root} ...")
+
     from rich.console import Console
     from rich.markdown import Markdown
 
     from gru_bench.config import CONFIGS_DIR
-    from gru_bench.paths import results_dir
     from gru_bench.report import compare
 
     report_dir = compare(results or results_dir(), out, configs or CONFIGS_DIR)

@@ -52,7 +52,11 @@ UNIT_OPEN: Check = (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)")
 UNIT_HALF: Check = (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]")
 POS_INT: Check = (lambda v: _int(v) and v >= 1, "an integer >= 1")
 ANY_INT: Check = (_int, "an integer")
-BOOL: Check = (lambda v: isinstance(v, bool), "true or false")
+BOOL: Check = (lambda v: isinstance(v, bool), "true or false (or on/off)")
+SEED: Check = (lambda v: _int(v) and 0 <= v < 2**63, "an integer from 0 to 2**63 - 1")
+# on/off are accepted for true/false keys (the README's --set example writes `off`); they stay words
+# elsewhere (model.fast takes the word `off` itself).
+_BOOL_WORDS = {"on": True, "off": False}
 
 
 def _opt(check: Check) -> Check:
@@ -83,7 +87,7 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    seed: int = _f(1, ANY_INT)
+    seed: int = _f(1, SEED)
     device: str = _f("auto", _one_of(DEVICES))  # auto: cuda when available
     threads: int | None = _f(1, _opt(POS_INT))  # CPU threads for torch (null: torch's default); see training
     batch_size: int = _f(1, POS_INT)  # sequences per update (1: the paper, whole sequence per update)
@@ -115,8 +119,8 @@ class TrainingConfig:
 
 
 NAME: Check = (
-    lambda v: isinstance(v, str) and re.fullmatch(r"[\w.+-]+", v) is not None,
-    "a name of letters, digits, . _ + -",
+    lambda v: isinstance(v, str) and re.fullmatch(r"[\w.+-]+", v) is not None and set(v) != {"."},
+    "a name of letters, digits, . _ + - (not . or ..)",
 )
 
 
@@ -230,6 +234,11 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str
         raise UserError(
             f"{path}: must be a mapping (dataset, data, model, training, run), got {type(raw).__name__}"
         )
+    for name in SECTIONS:
+        if name in raw and raw[name] is None:
+            del raw[name]  # an empty section (`training:` with no keys) changes nothing it inherits
+        elif name in raw and not isinstance(raw[name], dict):
+            raise UserError(f"{path}: {name} must be a mapping of keys, got {raw[name]!r}")
     merged: dict = {}
     origin: dict[str, str] = {}
     parent = raw.pop("inherit", None)
@@ -271,7 +280,8 @@ def _nest(flat: dict[str, Any]) -> dict:
     return out
 
 
-def _unknown(where: str, key: str, allowed: Sequence[str], scope: str) -> UserError:
+def _unknown(where: str, key: Any, allowed: Sequence[str], scope: str) -> UserError:
+    key = str(key)  # YAML keys may be numbers
     guess = difflib.get_close_matches(key.rpartition(".")[2], allowed, n=1)
     hint = f"; did you mean {scope}{guess[0]}?" if guess else ""
     return UserError(
@@ -295,14 +305,22 @@ def _build(raw: dict, origin: dict[str, str], source: str, base_hash: str | None
         if not isinstance(values, dict):
             raise UserError(f"{origin.get(name, source)}: {name} must be a mapping of keys, got {values!r}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = dict(values)
         for key, value in values.items():
             dotted = f"{name}.{key}"
             if key not in fields:
                 raise _unknown(origin.get(dotted, source), dotted, list(fields), name + ".")
             ok, allowed = fields[key].metadata["check"]
+            if fields[key].metadata["check"] is BOOL and isinstance(value, str):
+                value = values[key] = _BOOL_WORDS.get(value.lower(), value)
             if not ok(value):
                 raise UserError(f"{origin.get(dotted, source)}: {dotted} must be {allowed}, got {value!r}")
         sections[name] = cls(**values)
+    route_from = origin.get("data.route")
+    if (route_from is None or Path(route_from) == CONFIGS_DIR / "defaults.yaml") and _midi_only(
+        raw["dataset"]
+    ):
+        sections["data"].route = "midi"  # a folder prepared with --from-midi trains by its name alone
     cfg = Config(
         dataset=_dataset(raw["dataset"], origin.get("dataset", source), sections["data"].route),
         **sections,
@@ -322,19 +340,35 @@ def _build(raw: dict, origin: dict[str, str], source: str, base_hash: str | None
     return cfg
 
 
+def _midi_only(name: Any) -> bool:
+    """A user's folder prepared only by `data prepare DIR --from-midi` (no reference rolls exist for it)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.+-]+", name) or name.lower() in _KNOWN:
+        return False
+    return processed_path(name, "midi").exists() and not processed_path(name).exists()
+
+
+_KNOWN = {*DATASETS, *(d.title.lower() for d in DATASETS.values())}
+
+
 def _dataset(name: Any, where: str, route: str) -> str:
+    wrong = (
+        f"{where}: dataset must be one of {', '.join(DATASETS)} or the name of a folder prepared with "
+        f"'gru-bench data prepare DIR [--from-midi] --name NAME', got {name!r}"
+    )
     if not isinstance(name, str) or not name:
-        raise UserError(
-            f"{where}: dataset must be one of {', '.join(DATASETS)} or a prepared folder name, got {name!r}"
-        )
+        raise UserError(wrong)
     try:
         return get_dataset(name).key
     except UserError:
-        if processed_path(name, route).exists():
+        if re.fullmatch(r"[\w.+-]+", name) and set(name) != {"."} and processed_path(name, route).exists():
             return name  # a user's prepared MIDI folder
-        raise UserError(
-            f"{where}: dataset must be one of {', '.join(DATASETS)} or a prepared folder name, got {name!r}"
-        ) from None
+        other = next((r for r in ROUTES if r != route), route)
+        if re.fullmatch(r"[\w.+-]+", name) and processed_path(name, other).exists():
+            raise UserError(
+                f"{where}: dataset {name} is prepared for data.route {other}, not {route}: "
+                f"set data.route: {other} (--set data.route={other})"
+            ) from None
+        raise UserError(wrong) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -355,8 +389,12 @@ def resolve_path(path: str | Path) -> Path:
     return shipped if shipped.exists() else p
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config (following `inherit:`), apply `KEY=VALUE` overrides and validate everything."""
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), labels: dict[str, str] | None = None
+) -> Config:
+    """Load a YAML config (following `inherit:`), apply `KEY=VALUE` overrides and validate everything.
+
+    `labels` maps an override to the option the user typed (`--epochs 0`), which messages then name."""
     path = resolve_path(path)
     if not path.exists() and path.suffix not in (".yaml", ".yml"):
         raise UserError(
@@ -376,7 +414,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         if section != "dataset" and (not dot or section not in SECTIONS):
             raise _unknown(f"--set {text}", key, ["dataset", *(f"{s}.*" for s in SECTIONS)], "")
         raw = _merge(raw, _nest({key: value}))
-        origin[key] = f"--set {text}"
+        origin[key] = (labels or {}).get(text, f"--set {text}")
     return _build(raw, origin, str(path), base_hash)
 
 
@@ -412,6 +450,9 @@ def parse_ints(text: str, option: str) -> list[int]:
 def parse_seeds(text: str) -> list[int]:
     """`1,2,3` -> [1, 2, 3] (the --seeds option): distinct integers."""
     seeds = parse_ints(text, "--seeds")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text}: expected distinct comma-separated integers, e.g. --seeds 1,2,3")
+    if not seeds or len(set(seeds)) != len(seeds) or not all(SEED[0](s) for s in seeds):
+        raise UserError(
+            f"--seeds {text}: expected distinct comma-separated integers from 0 to 2**63 - 1, "
+            "e.g. --seeds 1,2,3"
+        )
     return seeds

@@ -21,3 +21,13 @@ def processed_dir() -> Path:
 
 def results_dir() -> Path:
     return Path(os.environ.get("GRU_BENCH_RESULTS", "results"))
+
+
+def runs_root(results: str | os.PathLike) -> Path:
+    """`results/runs`, checked to exist (cheap: `compare` calls it before loading pandas and matplotlib)."""
+    from gru_bench.errors import UserError
+
+    root = Path(results) / "runs"
+    if not root.is_dir():
+        raise UserError(f"{root} not found: pass the folder that holds runs/ (train and sweep write there)")
+    return root

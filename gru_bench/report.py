@@ -22,7 +22,8 @@ from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
 from gru_bench.execute import ERROR_FILE
-from gru_bench.fsutil import write_json, write_text
+from gru_bench.fsutil import atomic_files, write_json, write_text
+from gru_bench.paths import runs_root
 
 RUN_COLUMNS = [
     "dataset", "cell", "run", "role", "status", "problem", "group", "main", "seed", "lr", "lr_searched",
@@ -130,12 +131,19 @@ def _finite(x: Any) -> bool:
 
 def _run_dirs(runs_root: Path) -> list[Path]:
     marks = ("config.yaml", "summary.json", "metrics.csv", ERROR_FILE)
-    return sorted({p.parent for m in marks for p in runs_root.rglob(m)})
+    found = {p.parent for m in marks for p in runs_root.rglob(m)}
+    # hidden folders are scratch space (train --rebuild's .rebuild), not runs
+    return sorted(d for d in found if not any(x.startswith(".") for x in d.relative_to(runs_root).parts))
 
 
 def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
     config, why_config = _read(run_dir / "config.yaml", lambda p: yaml.safe_load(p.read_text()) or {})
     summary, why_summary = _read(run_dir / "summary.json", lambda p: json.loads(p.read_text()))
+    if summary is not None and not isinstance(summary, dict):
+        summary, why_summary = (
+            None,
+            f"unreadable summary.json (a JSON {type(summary).__name__}, not an object)",
+        )
     metrics, _ = _read(run_dir / "metrics.csv", pd.read_csv)
     config = config if isinstance(config, dict) else None
     summ = summary if isinstance(summary, dict) else {}
@@ -188,9 +196,7 @@ def collect_runs(results_dir: str | Path) -> pd.DataFrame:
 
     The `main` column (in the table or not) is filled by `build_report`, which knows the cell configs.
     """
-    root = Path(results_dir) / "runs"
-    if not root.is_dir():
-        raise UserError(f"{root} not found: pass the folder that holds runs/ (train and sweep write there)")
+    root = runs_root(results_dir)
     rows = [_run_row(d, d.relative_to(root).parts) for d in _run_dirs(root)]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -597,14 +603,15 @@ def _write_outputs(out: Path, files: dict[str, str], report: Report) -> None:
     """Write the report into `out`, then remove what the previous `compare` wrote there and this one did
     not (e.g. the curves of a dataset whose runs are gone). Files `compare` never wrote are never touched."""
     old, _ = _read(out / MANIFEST, lambda p: json.loads(p.read_text()))
-    for name, text in files.items():
-        write_text(out / name, text)
-    written = [*files, *(p.name for p in figures.write_all(report.table, report.curves, out))]
+    with atomic_files(out) as staging:  # a failure (disk full) leaves the previous report whole
+        for name, text in files.items():
+            write_text(staging / name, text)
+        written = [*files, *(p.name for p in figures.write_all(report.table, report.curves, staging))]
+        write_json(staging / MANIFEST, sorted(written))
     stale = set(old if isinstance(old, list) else []) - set(written)
     for name in sorted(stale):
         if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..", MANIFEST):
             (out / name).unlink(missing_ok=True)
-    write_json(out / MANIFEST, sorted(written))
 
 
 def compare(

@@ -11,7 +11,9 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
+import shutil
 import socket
 import warnings
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from torch import Tensor
 from gru_bench.config import Config, config_hash, load_config, run_name
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write, write_json, write_text
-from gru_bench.models import StackedModel, build_model, hidden_for_budget
+from gru_bench.models import StackedModel, build_model, count_params, hidden_for_budget
 from gru_bench.paths import results_dir
 
 try:
@@ -52,9 +54,25 @@ def _hidden(cfg: Config) -> int | None:
     return hidden_for_budget(m.cell, m.impl, m.param_budget) if m.param_budget else m.hidden
 
 
+# float32 copies of the weights training holds: weights, gradients, noisy weights and three RMSProp buffers
+_COPIES = 6
+
+
 def model_for(cfg: Config, k: int) -> StackedModel:
-    """A stack of k untrained models of the config's cell, implementation and size."""
-    return build_model(cfg.model.cell, cfg.model.impl, _hidden(cfg), k=k, fast=cfg.model.fast)
+    """A stack of k untrained models of the config's cell, implementation and size; a size that cannot fit
+    in memory is a UserError that says how much it would need."""
+    hidden = _hidden(cfg)
+    need = count_params(cfg.model.cell, cfg.model.impl, hidden or 1) * k * 4 * _COPIES
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    too_big = f"model.hidden {hidden}: {k} model(s) of this size need about {need / 2**30:.1f} GiB to train"
+    if have and need > have:
+        raise UserError(f"{too_big}, this machine has {have / 2**30:.1f} GiB: use a smaller model.hidden")
+    try:
+        return build_model(cfg.model.cell, cfg.model.impl, hidden, k=k, fast=cfg.model.fast)
+    except (MemoryError, RuntimeError) as e:  # torch raises RuntimeError when an allocation fails
+        if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
+            raise
+        raise UserError(f"{too_big}, more than is free now: use a smaller model.hidden") from None
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Config]:
@@ -68,6 +86,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Co
         raise UserError(
             f"{path} not found: no epoch of {run_dir} reached a finite valid NLL; try --which last"
         )
+    if not path.exists() and (saved_summary(run_dir) or {}).get("status") in FINAL:
+        raise UserError(f"{path} not found: {run_dir} is finished; {_REBUILD.format(run_dir=run_dir)}")
     if not path.exists():
         raise UserError(
             f"{path} not found: {run_dir} has not finished an epoch yet; continue it with "
@@ -100,19 +120,59 @@ def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
 # --- fresh or resumed -------------------------------------------------------------------------------------
 
 
-def prepare_dir(run_dir: Path, cfg: Config, resume: bool) -> dict | None:
-    """The checkpoint to resume from (None: start fresh); refuses to overwrite existing work."""
+# Statuses of a finished run (its folder is never retrained or overwritten).
+FINAL = ("complete", "stopped_nan")
+_REBUILD = (
+    "rebuild its missing checkpoints with 'gru-bench train --rebuild {run_dir}' (trains the same config and "
+    "seed again and keeps them only if the numbers match metrics.csv)"
+)
+
+
+def prepare_dir(run_dir: Path, cfg: Config, resume: bool, restart: bool = False) -> dict | None:
+    """The checkpoint to resume from (None: start fresh); refuses to overwrite existing work.
+
+    `restart` starts an unfinished run over (e.g. its last.pt is damaged); a finished run is never restarted.
+    """
     last, summary = run_dir / "last.pt", run_dir / "summary.json"
+    status = (saved_summary(run_dir) or {}).get("status")
+    if status in FINAL and (resume or restart) and not last.exists():
+        raise UserError(
+            f"{run_dir} holds a finished run ({status}) without last.pt: never retrained or overwritten; "
+            + _REBUILD.format(run_dir=run_dir)
+        )
+    if restart:
+        if status in FINAL:
+            raise UserError(f"{run_dir} holds a finished run ({status}): --restart never overwrites it")
+        return None
     if resume:
         if not (run_dir / "config.yaml").exists():
             return None  # nothing was saved yet: start it
         saved = load_config(run_dir / "config.yaml")
+        started = (saved_summary(run_dir) or {}).get("config_hash")
+        if started and started != config_hash(saved):
+            raise UserError(
+                f"{run_dir}/config.yaml was edited after the run started (summary.json has config hash "
+                f"{started}, the file {config_hash(saved)}): restore it; to train the edited config, copy it "
+                "elsewhere and 'gru-bench train' that copy"
+            )
         if config_hash(saved) != config_hash(cfg) or saved.training.seed != cfg.training.seed:
             raise UserError(
                 f"{run_dir}: the config differs from the one the run started with; resume with "
                 f"'gru-bench train --resume {run_dir}' (it reads {run_dir}/config.yaml)"
             )
-        return load_checkpoint(last) if last.exists() else None
+        if not last.exists():
+            return None
+        try:
+            return load_checkpoint(last)
+        except UserError as e:
+            again = (
+                _REBUILD
+                if status in FINAL
+                else "or start it over with 'gru-bench train --resume {run_dir} --restart'"
+            )
+            raise UserError(
+                f"{str(e).split(': restore it')[0]}: restore it, {again.format(run_dir=run_dir)}"
+            ) from None
     if last.exists() or summary.exists():
         saved = saved_summary(run_dir)
         if saved is None and summary.exists():
@@ -124,13 +184,81 @@ def prepare_dir(run_dir: Path, cfg: Config, resume: bool) -> dict | None:
         if status == "running":
             raise UserError(
                 f"{run_dir} holds an unfinished run; continue it with 'gru-bench train --resume "
-                f"{run_dir}', or train a new one with another --name"
+                f"{run_dir}', start it over with 'gru-bench train --resume {run_dir} --restart', or train a "
+                "new one with another --name"
             )
         raise UserError(
             f"{run_dir} holds a finished run ({status}); never overwritten: train a new one with "
             "another --name or seed"
         )
     return None
+
+
+def rebuild(run_dir: Path, quiet: bool = False) -> dict:
+    """Recreate a finished run's missing (or damaged) best.pt / last.pt: train its saved config and seed again
+    in `run_dir/.rebuild` and move the checkpoints in only if every epoch's numbers match metrics.csv.
+
+    summary.json and metrics.csv are never touched; a damaged checkpoint is kept as `<name>.damaged`.
+    """
+    from gru_bench.training import train  # training imports this module
+
+    summary = saved_summary(run_dir)
+    if (summary or {}).get("status") not in FINAL:
+        raise UserError(
+            f"--rebuild {run_dir}: only a finished run is rebuilt (summary.json status "
+            f"{(summary or {}).get('status')!r}); continue an unfinished one with 'gru-bench train --resume "
+            f"{run_dir}'"
+        )
+    todo = [n for n in ("best.pt", "last.pt") if not _loads(run_dir / n)]
+    if not todo:
+        raise UserError(f"--rebuild {run_dir}: best.pt and last.pt are both there and readable")
+    scratch = run_dir / ".rebuild"  # hidden: compare does not take it for a run
+    with run_lock(run_dir, Console(quiet=quiet)):
+        shutil.rmtree(scratch, ignore_errors=True)  # an interrupted rebuild's own leftovers
+        train(run_config(run_dir), scratch, quiet=quiet)
+        diff = _metrics_diff(read_metrics(run_dir / "metrics.csv"), read_metrics(scratch / "metrics.csv"))
+        if diff:
+            raise UserError(
+                f"--rebuild {run_dir}: the retrained run does not reproduce metrics.csv ({diff}; another "
+                f"device or library version?): its files are in {scratch}, {run_dir} is unchanged"
+            )
+        for name in todo:
+            if (run_dir / name).exists():
+                os.replace(run_dir / name, run_dir / f"{name}.damaged")
+            os.replace(scratch / name, run_dir / name)
+        shutil.rmtree(scratch)
+    return summary
+
+
+def _loads(path: Path) -> bool:
+    try:
+        load_checkpoint(path)
+    except UserError:
+        return False
+    return True
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows as strings (empty if missing)."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def _metrics_diff(want: list[dict[str, str]], got: list[dict[str, str]], rtol: float = 1e-6) -> str:
+    """'' if two metrics.csv agree in every column but the wall-clock seconds, else the first difference."""
+    if len(want) != len(got):
+        return f"{len(got)} epochs, not {len(want)}"
+    for a, b in zip(want, got, strict=True):
+        for key in METRICS:
+            if key == "seconds":
+                continue
+            x, y = float(a.get(key) or "nan"), float(b.get(key) or "nan")
+            if not (math.isclose(x, y, rel_tol=rtol) or (math.isnan(x) and math.isnan(y))):
+                return f"epoch {a.get('epoch')}: {key} {b.get(key)}, not {a.get(key)}"
+    return ""
 
 
 def saved_summary(run_dir: Path) -> dict | None:

@@ -6,6 +6,7 @@ the same conditional model the NLL in Table 2 scores; listening to it is a sanit
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,9 @@ def generate(
     temperature 0 takes the most likely value of every note (deterministic). Without a primer the model is
     started from one silent frame, which is not part of the result.
     """
-    if temperature < 0:
+    if not math.isfinite(temperature) or temperature < 0:
         raise UserError(
-            f"temperature {temperature} is negative: use 0 (likeliest notes) or more (1: the model)"
+            f"--temperature {temperature}: use a finite number >= 0 (0: likeliest notes, 1: the model)"
         )
     gen = torch.Generator().manual_seed(seed)
     start = primer if primer is not None and len(primer) else np.zeros((1, N_NOTES), bool)

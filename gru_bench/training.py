@@ -337,9 +337,12 @@ class Pruner(Protocol):
         ...
 
 
-def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
+def train(
+    cfg: Config, run_dir: Path | None = None, resume: bool = False, quiet: bool = False, restart: bool = False
+) -> dict:
     """Train one model (a lockstep stack of one) and return its summary."""
-    return train_lockstep([cfg], [run_dir] if run_dir else None, resume=resume, quiet=quiet)[0]
+    dirs = [run_dir] if run_dir else None
+    return train_lockstep([cfg], dirs, resume=resume, quiet=quiet, restart=restart)[0]
 
 
 def train_lockstep(
@@ -348,12 +351,14 @@ def train_lockstep(
     resume: bool = False,
     quiet: bool = False,
     pruner: Pruner | None = None,
+    restart: bool = False,
 ) -> list[dict]:
     """Train K models as one stack; each writes its own run dir (see the module docstring). Returns summaries.
 
     Ctrl-C or a crash loses at most the current epoch: every epoch ends with an atomic checkpoint, and
     `resume=True` continues every run from it with the same RNG states (a run dir with nothing saved yet
-    starts afresh). `pruner` may stop runs at the end of an epoch (status `pruned`; search trials).
+    starts afresh; `restart` starts unfinished runs over). `pruner` may stop runs at the end of an epoch
+    (status `pruned`; search trials).
 
     torch runs on `training.threads` CPU threads (default 1): these models are far too small for intra-op
     parallelism to pay, and on a busy machine torch's spinning OpenMP threads made an epoch 10x slower.
@@ -373,7 +378,7 @@ def train_lockstep(
         with contextlib.ExitStack() as locks:
             for d in dirs:
                 locks.enter_context(run_lock(d, console))
-            return Trainer(cfgs, dirs, resume, console, pruner).fit()
+            return Trainer(cfgs, dirs, resume, console, pruner, restart).fit()
     finally:
         torch.set_num_threads(threads)
 
@@ -386,10 +391,16 @@ class Trainer:
     """
 
     def __init__(
-        self, cfgs: list[Config], dirs: list[Path], resume: bool, console: Console, pruner: Pruner | None
+        self,
+        cfgs: list[Config],
+        dirs: list[Path],
+        resume: bool,
+        console: Console,
+        pruner: Pruner | None = None,
+        restart: bool = False,
     ):
         self.runs = [_Run(c, d, _generators(c.training.seed)) for c, d in zip(cfgs, dirs, strict=True)]
-        states = [prepare_dir(r.dir, r.cfg, resume) for r in self.runs]
+        states = [prepare_dir(r.dir, r.cfg, resume, restart) for r in self.runs]
         self.cfg, self.k, self.console, self.pruner = cfgs[0], len(cfgs), console, pruner
         self.device = _device(self.cfg)
         rolls = datasets.load(self.cfg.dataset, self.cfg.data.route)
@@ -680,11 +691,13 @@ def train_command(
     seeds: list[int] | None = None,
     resume: list[Path] = (),
     quiet: bool = False,
+    restart: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> list[dict]:
     """`gru-bench train`: one config (several `seeds` train in lockstep), or `resume` run dirs (one stack).
 
     A resumed run keeps its saved config; only keys of the machine, not of the experiment (--device, ...),
-    may change."""
+    may change. `restart` starts unfinished runs over; `labels` name the options behind `overrides`."""
     if resume:
         changed = sorted({parse_override(o)[0] for o in overrides} - set(RESUME_KEYS))
         extra = ["CONFIG"] * (config is not None) + ["--seeds"] * bool(seeds) + changed
@@ -694,12 +707,13 @@ def train_command(
                 f"(only {', '.join(RESUME_KEYS)} may change)"
             )
         cfgs = [run_config(Path(d), overrides) for d in resume]
-        return train_lockstep(cfgs, [Path(d) for d in resume], resume=True, quiet=quiet)
+        return train_lockstep(cfgs, [Path(d) for d in resume], resume=True, quiet=quiet, restart=restart)
     if config is None:
         raise UserError("give a CONFIG (e.g. configs/jsb/gru.yaml or jsb/gru) or --resume RUN_DIR")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, labels)
     if not seeds:
-        return [train(cfg, quiet=quiet)]
+        return [train(cfg, quiet=quiet, restart=restart)]
     if cfg.run.name and len(seeds) > 1:
         raise UserError("--name names one run; with several --seeds leave it out (runs are named seed<seed>)")
-    return train_lockstep([cfg.replace(**{"training.seed": s}) for s in seeds], quiet=quiet)
+    cfgs = [cfg.replace(**{"training.seed": s}) for s in seeds]
+    return train_lockstep(cfgs, quiet=quiet, restart=restart)

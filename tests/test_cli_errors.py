@@ -258,6 +258,17 @@ def test_a_run_folder_in_use_is_refused(run_dir: Path) -> None:
 
 
 def test_compare_with_a_missing_configs_folder(results: Path, tmp_path: Path) -> None:
+    (results / "runs").mkdir()
     fails(
         ["compare", results, "--configs", tmp_path / "nope"], f"--configs {tmp_path / 'nope'} is not a folder"
     )
+
+
+@pytest.mark.parametrize("temperature", ["nan", "inf", "-1"])
+def test_sample_temperature_must_be_finite(run_dir: Path, tmp_path: Path, temperature: str) -> None:
+    fails(["sample", run_dir, "--temperature", temperature, "--out", tmp_path / "s.mid"], "--temperature")
+    assert not (tmp_path / "s.mid").exists()
+
+
+def test_a_model_too_big_for_memory_says_what_it_needs(jsb_data: Path, results: Path) -> None:
+    fails(["train", "jsb/gru", "--set", "model.hidden=100000"], "model.hidden 100000", "GiB to train")

@@ -6,6 +6,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gru_bench.config import (
     CONFIGS_DIR,
@@ -159,6 +162,110 @@ def test_malformed_files(tmp_path: Path):
 
 def test_parse_seeds():
     assert parse_seeds("1,2, 3") == [1, 2, 3]
-    for bad in ("1,x", "1,1", ","):
+    for bad in ("1,x", "1,1", ",", "-1", "2,-3"):
         with pytest.raises(UserError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_an_empty_section_keeps_what_it_inherits(tmp_path: Path):
+    a = _write(
+        tmp_path / "a.yaml",
+        f"inherit: {CONFIGS_DIR / 'jsb/gru.yaml'}\ntraining:\n  lr: 3.0e-4\n  max_epochs: 1\n",
+    )
+    b = _write(tmp_path / "b.yaml", "inherit: a.yaml\ntraining:\nmodel:\n")
+    cfg = load_config(b)
+    assert (cfg.training.lr, cfg.training.max_epochs) == (3.0e-4, 1)
+    assert cfg.model == load_config(a).model
+
+
+def test_a_section_that_is_not_a_mapping_is_refused_even_with_overrides(tmp_path: Path, cfg_file: Path):
+    bad = _write(tmp_path / "bad.yaml", f"inherit: {cfg_file}\ntraining: [1, 2]\n")
+    assert _error(bad) == f"{bad}: training must be a mapping of keys, got [1, 2]"
+    assert _error(bad, ["training.lr=0.1"]) == f"{bad}: training must be a mapping of keys, got [1, 2]"
+
+
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_run_names_of_dots_only_are_refused(cfg_file: Path, name: str):
+    assert "run.name must be a name" in _error(cfg_file, [f"run.name={name}"])
+    assert load_config(cfg_file, ["run.name=a..b"]).run.name == "a..b"
+
+
+def test_negative_seed_is_a_config_error(cfg_file: Path):
+    assert "training.seed must be an integer from 0" in _error(cfg_file, ["training.seed=-1"])
+
+
+def test_on_off_for_true_false_keys_only(cfg_file: Path):
+    assert load_config(cfg_file, ["training.shuffle=off"]).training.shuffle is False
+    assert load_config(cfg_file, ["training.init_orthogonal=On"]).training.init_orthogonal is True
+    assert load_config(cfg_file, ["model.fast=off"]).model.fast == "off"
+
+
+def test_labels_name_the_option_the_user_typed(cfg_file: Path):
+    with pytest.raises(UserError, match=r"^--epochs 0: training.max_epochs must be"):
+        load_config(cfg_file, ["training.max_epochs=0"], {"training.max_epochs=0": "--epochs 0"})
+
+
+def test_a_midi_prepared_folder_trains_by_its_name(data_home: Path, cfg_file: Path):
+    from gru_bench.data import processed_path
+
+    assert "data prepare DIR [--from-midi] --name NAME" in _error(cfg_file, ["dataset=mixed"])
+    _write(processed_path("mixed", "midi"), "")
+    cfg = load_config(cfg_file, ["dataset=mixed"])
+    assert (cfg.dataset, cfg.data.route) == ("mixed", "midi")
+    msg = _error(cfg_file, ["dataset=mixed", "data.route=reference"])
+    assert "set data.route: midi" in msg
+
+
+# --- property: whatever the YAML or the overrides hold, the loader answers with a Config or a UserError ----
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["off", "on", "gru", "jsb", "null", "1e-3", ".", "..", "midi", "paper"]),
+)
+_values = st.recursive(
+    _scalars,
+    lambda v: st.lists(v, max_size=3) | st.dictionaries(st.text(max_size=5), v, max_size=3),
+    max_leaves=6,
+)
+_keys = st.sampled_from(
+    [
+        "dataset",
+        "inherit",
+        "bogus",
+        *SECTIONS,
+        *(f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)),
+    ]
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(_keys | st.integers(0, 3), _values, max_size=6),
+    overrides=st.lists(
+        st.tuples(_keys | st.text(max_size=6), _scalars | st.text(max_size=6)).map(
+            lambda kv: f"{kv[0]}={kv[1]}"
+        )
+        | st.text(max_size=10),
+        max_size=3,
+    ),
+)
+def test_loader_raises_nothing_but_user_errors(tmp_path: Path, data_home: Path, body: dict, overrides: list):
+    nested: dict = {"inherit": str(CONFIGS_DIR / "jsb/gru.yaml")}
+    for key, value in body.items():
+        section, dot, name = str(key).partition(".")
+        if dot and isinstance(nested.get(section, {}), dict):
+            nested.setdefault(section, {})[name] = value
+        else:
+            nested[key] = value
+    path = tmp_path / "h.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    try:
+        cfg = load_config(path, overrides)
+    except UserError as e:
+        assert "\n" not in str(e) and str(e)
+    else:  # a valid result is a config that loads back to itself
+        assert load_config(_write(tmp_path / "dumped.yaml", dump(cfg))).to_dict() == cfg.to_dict()

@@ -570,9 +570,7 @@ def test_load_run_rejects_what_is_not_a_run(tmp_path: Path, tiny_jsb: Path):
     ):
         rundir.load_run(run, "last")
     (run / "last.pt").unlink()
-    with pytest.raises(
-        UserError, match="has not finished an epoch yet; continue it with 'gru-bench train --resume"
-    ):
+    with pytest.raises(UserError, match=f"{run} is finished; rebuild .* 'gru-bench train --rebuild {run}'"):
         rundir.load_run(run, "last")
 
 
