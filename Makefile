@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==$(TORCH_VERSION)
 DATA_SOURCE ?=
 WORKERS ?= 2
 SEARCH ?= 0
-EXTRAS ?= dev,ray
+EXTRAS ?= dev,ray,tensorboard
 BIN := $(VENV)/bin
 GB := $(BIN)/gru-bench
 SWEEP := $(if $(filter 1,$(SEARCH)),configs/sweeps/reproduce-search.yaml,configs/sweeps/reproduce.yaml)

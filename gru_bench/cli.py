@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
+from gru_bench import paths
 from gru_bench.errors import UserError
 from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
 
@@ -36,6 +38,31 @@ def friendly(fn: Callable) -> Callable:
             sys.exit(130)
 
     return wrapper
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    data_dir: Path | None = typer.Option(
+        None, envvar=paths.DATA_ENV, help="Root of downloads and prepared data (default: ./data)."
+    ),
+    results_dir: Path | None = typer.Option(
+        None, envvar=paths.RESULTS_ENV, help="Root of runs, searches and reports (default: ./results)."
+    ),
+    show_paths: bool = typer.Option(
+        False, "--paths", help="Print the data, results and shipped-configs folders in use, and exit."
+    ),
+) -> None:
+    """Global options; they set the environment variables, so sweep workers use the same folders."""
+    for env, value in ((paths.DATA_ENV, data_dir), (paths.RESULTS_ENV, results_dir)):
+        if value is not None:
+            os.environ[env] = str(value.expanduser().resolve())
+    if show_paths:
+        for what, path in (("data", paths.data_dir()), ("results", paths.results_dir())):
+            typer.echo(f"{what:8s} {path.resolve()}")
+        typer.echo(f"configs  {paths.configs_dir()}  (sweeps: {paths.configs_dir() / 'sweeps'})")
+    elif ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
 
 
 # --- data (download / prepare / info) -------------------------------------------------------------
