@@ -33,6 +33,7 @@ from torch import Tensor
 
 import gru_bench
 from gru_bench import data as datasets
+from gru_bench import tblog
 from gru_bench.config import Config, config_hash, dump, load_config, parse_override
 from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
@@ -331,6 +332,7 @@ def _train_lockstep(cfgs: list[Config], run_dirs: list[Path] | None, resume: boo
     with contextlib.ExitStack() as locks:
         for d in dirs:
             locks.enter_context(run_lock(Path(d), console))
+            locks.callback(tblog.close, Path(d))
         return _train_locked(cfgs, [Path(d) for d in dirs], resume, console)
 
 
@@ -534,6 +536,7 @@ def _end_epoch(
                 "grad_norm": run.grad_sum / max(run.epoch_updates, 1),
             }
             run.metrics.append(row)
+            tblog.log_epoch(run.dir, row, run.cfg.to_dict())
             tc = run.cfg.training
             if not math.isfinite(valid_nll[i]):
                 run.status = "stopped_nan"
