@@ -243,6 +243,13 @@ def sample_cmd(
     primer: int = typer.Option(0, help="Start with this many frames of a test-set piece (chosen by --seed)."),
     seed: int = typer.Option(0, help="Seed of the note draws and of the primer choice."),
     which: str = typer.Option("best", help="Checkpoint: best (best valid NLL) or last."),
+    audio: bool = typer.Option(
+        False, "--audio", help="Also render a .wav (and .mp3/.ogg if ffmpeg, lame or oggenc is on PATH)."
+    ),
+    soundfont: Path | None = typer.Option(
+        None,
+        help="--audio: General MIDI .sf2 for FluidSynth (default: $GRU_BENCH_SOUNDFONT, else the system's).",
+    ),
 ) -> None:
     """Let a trained model compose: Bernoulli draws per note, frame by frame, written as MIDI + piano roll."""
     from gru_bench.sample import sample
@@ -251,6 +258,11 @@ def sample_cmd(
         run_dir, steps=steps, out=out, temperature=temperature, primer=primer, seed=seed, which=which
     )
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
+    if audio:
+        from gru_bench.audio import render
+
+        sound = render(path, soundfont=soundfont)
+        typer.echo(f"wrote {sound.wav}{f' and {sound.compressed}' * bool(sound.compressed)} ({sound.synth})")
 
 
 # --- bench ------------------------------------------------------------------------------------------------
