@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==$(TORCH_VERSION)
 DATA_SOURCE ?=
 WORKERS ?= 2
 SEARCH ?= 0
-EXTRAS ?= dev,ray
+EXTRAS ?= dev,ray,tensorboard
 BIN := $(VENV)/bin
 GB := $(BIN)/gru-bench
 SWEEP := $(if $(filter 1,$(SEARCH)),configs/sweeps/reproduce-search.yaml,configs/sweeps/reproduce.yaml)
@@ -17,7 +17,7 @@ QUICK_RESULTS := results/quick
 DOCS := README.md $(wildcard docs/*.md)
 README_FLAGS := $(foreach f,$(DOCS),--readme $(f))
 
-.PHONY: venv test lint data reproduce reproduce-quick report bench clean distclean
+.PHONY: venv test lint data reproduce reproduce-quick report bench samples clean distclean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ report: venv
 
 bench: venv
 	$(GB) bench --out results/bench/bench.csv
+
+# One sample per run (MIDI, piano roll, WAV, mp3/ogg) into results/samples/<dataset>-<cell>-<run>.*, e.g.
+#   make samples RUNS="results/runs/jsb/tanh/seed0 results/runs/jsb/lstm/seed0 results/runs/jsb/gru/seed0"
+samples: venv
+	$(if $(RUNS),,$(error give the run folders: make samples RUNS="results/runs/jsb/gru/seed0 ..."))
+	$(BIN)/python scripts/samples.py $(RUNS) --out results/samples
 
 # Removes only what can be rebuilt without a download or a training run: never results/ (runs of
 # reproduce-quick included), and not numba's compiled kernels (*.nbi/*.nbc beside the .pyc files).

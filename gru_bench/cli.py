@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
+from gru_bench import paths
 from gru_bench.errors import UserError
 from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
 
@@ -36,6 +38,31 @@ def friendly(fn: Callable) -> Callable:
             sys.exit(130)
 
     return wrapper
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    data_dir: Path | None = typer.Option(
+        None, envvar=paths.DATA_ENV, help="Root of downloads and prepared data (default: ./data)."
+    ),
+    results_dir: Path | None = typer.Option(
+        None, envvar=paths.RESULTS_ENV, help="Root of runs, searches and reports (default: ./results)."
+    ),
+    show_paths: bool = typer.Option(
+        False, "--paths", help="Print the data, results and shipped-configs folders in use, and exit."
+    ),
+) -> None:
+    """Global options; they set the environment variables, so sweep workers use the same folders."""
+    for env, value in ((paths.DATA_ENV, data_dir), (paths.RESULTS_ENV, results_dir)):
+        if value is not None:
+            os.environ[env] = str(value.expanduser().resolve())
+    if show_paths:
+        for what, path in (("data", paths.data_dir()), ("results", paths.results_dir())):
+            typer.echo(f"{what:8s} {path.resolve()}")
+        typer.echo(f"configs  {paths.configs_dir()}  (sweeps: {paths.configs_dir() / 'sweeps'})")
+    elif ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
 
 
 # --- data (download / prepare / info) -------------------------------------------------------------
@@ -270,6 +297,13 @@ def sample_cmd(
     primer: int = typer.Option(0, help="Start with this many frames of a test-set piece (chosen by --seed)."),
     seed: int = typer.Option(0, help="Seed of the note draws and of the primer choice."),
     which: str = typer.Option("best", help="Checkpoint: best (best valid NLL) or last."),
+    audio: bool = typer.Option(
+        False, "--audio", help="Also render a .wav (and .mp3/.ogg if ffmpeg, lame or oggenc is on PATH)."
+    ),
+    soundfont: Path | None = typer.Option(
+        None,
+        help="--audio: General MIDI .sf2 for FluidSynth (default: $GRU_BENCH_SOUNDFONT, else the system's).",
+    ),
 ) -> None:
     """Let a trained model compose: Bernoulli draws per note, frame by frame, written as MIDI + piano roll."""
     from gru_bench.sample import sample
@@ -278,6 +312,11 @@ def sample_cmd(
         run_dir, steps=steps, out=out, temperature=temperature, primer=primer, seed=seed, which=which
     )
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
+    if audio:
+        from gru_bench.audio import render
+
+        sound = render(path, soundfont=soundfont)
+        typer.echo(f"wrote {sound.wav}{f' and {sound.compressed}' * bool(sound.compressed)} ({sound.synth})")
 
 
 # --- bench ------------------------------------------------------------------------------------------------

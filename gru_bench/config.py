@@ -26,8 +26,9 @@ from gru_bench.data.registry import DATASETS, get_dataset
 from gru_bench.errors import UserError
 from gru_bench.models import FAST_MODES, IMPLS
 from gru_bench.optim import CLIPS
+from gru_bench.paths import configs_dir
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # the configs shipped with the repository
+CONFIGS_DIR = configs_dir()  # shipped configs and sweeps (package data; a checkout's configs/ links here)
 DEVICES = ("auto", "cpu", "cuda")
 LR_DECAYS = ("linear", "none")
 LOSSES = ("mean", "sum")

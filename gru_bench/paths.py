@@ -1,14 +1,24 @@
-"""Default locations; one place so that the CLI, make and tests agree."""
+"""Default locations; one place so that the CLI, make and tests agree.
+
+Data and results default to `./data` and `./results` (right for a checkout, which is where `make` runs); an
+installed tool is pointed elsewhere with the environment variables below or the global options
+`gru-bench --data-dir DIR --results-dir DIR <command>` (which set them, so that sweep workers inherit them).
+The shipped configs are package data, found wherever the package is installed.
+"""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
+
+DATA_ENV = "GRU_BENCH_DATA"
+RESULTS_ENV = "GRU_BENCH_RESULTS"
 
 
 def data_dir() -> Path:
     """Root of downloads and processed tensors (`GRU_BENCH_DATA` overrides `./data`)."""
-    return Path(os.environ.get("GRU_BENCH_DATA", "data"))
+    return Path(os.environ.get(DATA_ENV, "data"))
 
 
 def raw_dir(dataset: str) -> Path:
@@ -20,7 +30,13 @@ def processed_dir() -> Path:
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("GRU_BENCH_RESULTS", "results"))
+    """Root of runs/, search/, report/ and bench/ (`GRU_BENCH_RESULTS` overrides `./results`)."""
+    return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
+def configs_dir() -> Path:
+    """The shipped configs: defaults.yaml, <dataset>/<cell>.yaml and sweeps/*.yaml (package data)."""
+    return Path(str(resources.files("gru_bench") / "configs"))
 
 
 def runs_root(results: str | os.PathLike) -> Path:

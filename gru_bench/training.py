@@ -34,6 +34,7 @@ from torch import Tensor
 
 import gru_bench
 from gru_bench import data as datasets
+from gru_bench import tblog
 from gru_bench.config import Config, config_hash, dump, load_config, parse_override
 from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
@@ -378,6 +379,7 @@ def train_lockstep(
         with contextlib.ExitStack() as locks:
             for d in dirs:
                 locks.enter_context(run_lock(d, console))
+                locks.callback(tblog.close, d)
             return Trainer(cfgs, dirs, resume, console, pruner, restart).fit()
     finally:
         torch.set_num_threads(threads)
@@ -593,6 +595,7 @@ class Trainer:
             "grad_norm": run.grad_sum / max(run.epoch_updates, 1),
         }
         run.metrics.append(row)
+        tblog.log_epoch(run.dir, row, run.cfg.to_dict())
         score = valid.get(tc.select)[i]
         if not math.isfinite(score):
             run.status = "stopped_nan"
