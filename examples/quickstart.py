@@ -32,10 +32,11 @@ def main() -> None:
     runs = {cell: api.train(f"jsb/{cell}", budget) for cell in ("tanh", "lstm", "gru")}
     for cell, run in runs.items():
         last = run.metrics.iloc[-1]
-        print(f"{cell:5s} valid NLL {last['valid_nll']:.3f}  test NLL {api.evaluate(run.dir, 'test'):.3f}")
+        test = api.evaluate(run.dir, "test")["seq"]
+        print(f"{cell:5s} valid NLL {last['valid_nll_seq']:.3f}  test NLL {test:.3f} (per sequence)")
 
     table = api.compare()
-    print(table[["dataset", "model", "n_runs", "test_mean", "paper_test"]].to_string(index=False))
+    print(table[["dataset", "model", "n_runs", "test_seq_mean", "paper_test"]].to_string(index=False))
     for cell, run in runs.items():
         written = api.sample(run.dir, args.out / "samples" / f"jsb-{cell}.mid", steps=32, audio=True)
         print(cell, ", ".join(str(p) for p in written.values()))

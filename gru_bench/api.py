@@ -6,7 +6,7 @@
     api.prepare("jsb")                                   # gru-bench data prepare jsb
     api.describe("jsb")                                  # DataFrame, one row per split
     run = api.train("jsb/gru", ["training.max_epochs=1"])  # a Run: config, summary, metrics DataFrame
-    api.evaluate(run.dir, "test")                        # float, NLL per frame (nats)
+    api.evaluate(run.dir, "test")                        # {"seq": paper's metric, "frame": pooled} (nats)
     api.compare()                                        # DataFrame: Table 2 of the runs under results/
     api.sample(run.dir, "sample.mid", audio=True)        # paths of the MIDI, piano roll, WAV (+ mp3/ogg)
 
@@ -30,7 +30,7 @@ from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.prepare import prepare as _prepare
 from gru_bench.data.stats import describe as _describe
 from gru_bench.errors import UserError
-from gru_bench.training import evaluate
+from gru_bench.training import evaluate as _evaluate
 
 __all__ = [
     "Run",
@@ -48,6 +48,13 @@ __all__ = [
     "sample",
     "train",
 ]
+
+
+def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> dict[str, float]:
+    """NLL per frame of a saved model on a split (`gru-bench evaluate`): {"seq": the mean over sequences
+    (the paper's metric), "frame": all frames pooled}."""
+    nll = _evaluate(run_dir, split, which)
+    return {"seq": nll.seq[0], "frame": nll.frame[0]}
 
 
 def prepare(name: str, from_midi: bool = False, quiet: bool = True) -> Path:

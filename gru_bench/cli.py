@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,6 +24,15 @@ data_app = typer.Typer(help="Download, prepare and describe the datasets.", no_a
 app.add_typer(data_app, name="data")
 
 
+def console(stderr: bool = False) -> Any:
+    """A rich console; off a terminal (a pipe, a log file) 160 columns wide instead of rich's 80, so that
+    tables are not cut ("notting…")."""
+    from rich.console import Console
+
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=160)
+
+
 def friendly(fn: Callable) -> Callable:
     """Turn UserError into a one-line message and Ctrl-C into a clean exit (no traceback)."""
 
@@ -33,8 +43,8 @@ def friendly(fn: Callable) -> Callable:
         except UserError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+        except KeyboardInterrupt as e:  # training's Interrupted says how to continue
+            typer.secho(str(e) or "interrupted", fg=typer.colors.YELLOW, err=True)
             sys.exit(130)
 
     return wrapper
@@ -131,12 +141,20 @@ def data_info(
     name: str = typer.Argument(..., help="A prepared dataset, or the name of a prepared MIDI folder."),
     from_midi: bool = typer.Option(False, "--from-midi", help="Describe the MIDI route, not the reference."),
 ) -> None:
-    """Per-split statistics of a prepared dataset and its independent-Bernoulli baseline NLL."""
-    from rich.console import Console
-
+    """Per-split statistics of a prepared dataset (or `all` prepared ones) and the independent-Bernoulli
+    baseline NLL."""
+    from gru_bench.data import processed_path
+    from gru_bench.data.registry import DATASETS
     from gru_bench.data.stats import info
 
-    Console().print(info(name, from_midi=from_midi))
+    route = "midi" if from_midi else "reference"
+    names = [n for n in DATASETS if processed_path(n, route).is_file()] if name == "all" else [name]
+    if not names:
+        raise UserError(
+            f"data info all: no dataset is prepared ({route} route); run 'gru-bench data prepare all'"
+        )
+    for n in names:
+        console().print(info(n, from_midi=from_midi))
 
 
 # --- train / evaluate ---------------------------------------------------------------------------------
@@ -270,14 +288,13 @@ def compare_cmd(
     root = runs_root(results or results_dir())  # a wrong path is refused before the slow imports
     typer.echo(f"reading the runs under {root} ...")
 
-    from rich.console import Console
     from rich.markdown import Markdown
 
     from gru_bench.config import CONFIGS_DIR
     from gru_bench.report import compare
 
     report_dir = compare(results or results_dir(), out, configs or CONFIGS_DIR)
-    Console().print(Markdown((report_dir / "table2.md").read_text()))
+    console().print(Markdown((report_dir / "table2.md").read_text()))
     typer.echo(f"wrote {report_dir}/")
     if readme:
         from gru_bench.readme import update_files
@@ -336,7 +353,6 @@ def bench_cmd(
     out: Path | None = typer.Option(None, help="CSV to write (default: RESULTS/bench/bench.csv)."),
 ) -> None:
     """Training throughput (time steps/s) of torch.nn vs the paper/fused models, numba kernels off/on."""
-    from rich.console import Console
 
     from gru_bench.bench import run_bench, table
     from gru_bench.config import parse_ints
@@ -355,7 +371,7 @@ def bench_cmd(
         out=out,
         progress=True,
     )
-    Console().print(table(df))
+    console().print(table(df))
     typer.echo(f"wrote {out}")
 
 
@@ -367,13 +383,12 @@ _ADDRESS = typer.Option(None, help="Ray cluster address, e.g. ray://head:10001 (
 
 
 def _print_failures(failed: dict[str, str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("run", "error", title=f"{len(failed)} run(s) not finished (run the command again to retry)")
     for run, error in sorted(failed.items()):
         table.add_row(run, error)
-    Console(stderr=True).print(table)
+    console(stderr=True).print(table)
 
 
 @app.command("sweep")
@@ -405,6 +420,25 @@ def sweep_cmd(
     if result.failed or result.waiting:
         sys.exit(1)
     typer.echo(f"sweep complete: {len(result.outcomes)} run(s)")
+
+
+@app.command("ablation")
+@friendly
+def ablation_cmd(
+    sweep_file: Path = typer.Argument(..., help="A sweep with variants, e.g. configs/sweeps/ablation.yaml."),
+    out: Path | None = typer.Option(None, help="Folder for <sweep>.md/.csv (default: results/report)."),
+    baseline: str | None = typer.Option(
+        None, help="The variant the others are compared with (default: first)."
+    ),
+) -> None:
+    """Each variant of an ablation sweep against the baseline variant, paired over seeds."""
+    from rich.markdown import Markdown
+
+    from gru_bench.report import write_ablation
+
+    path = write_ablation(sweep_file, out or paths.results_dir() / "report", baseline)
+    console().print(Markdown(path.read_text()))
+    typer.echo(f"wrote {path} and {path.with_suffix('.csv')}")
 
 
 @app.command("search")

@@ -7,3 +7,7 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         # A value quoted from the user's input may hold line breaks: escaped, the message stays one line.
         super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what to do next (e.g. the `--resume` command); the CLI prints it once."""

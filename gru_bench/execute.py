@@ -469,6 +469,43 @@ def _describe(outcome: Outcome) -> str:
     return f"{nll}  ({s.get('epochs', '?')} epochs) {s.get('message', '')}".strip()
 
 
+PROGRESS_SECONDS = float(os.environ.get("GRU_BENCH_PROGRESS_SECONDS", 60))
+
+
+class _ProgressLog:
+    """Off a terminal (nohup, a CI log) the live display does not draw: print a line every PROGRESS_SECONDS
+    with the epochs of every running stack, the time so far and an estimate of what is left."""
+
+    def __init__(self, total: int, console: Any):
+        self.total, self.console, self.finished = total, console, 0
+        self.start = self.last = time.monotonic()
+
+    def tick(self, running: list[Task]) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        stacks = ", ".join(
+            f"{t.runs[0].label}{f' +{len(t.runs) - 1}' if len(t.runs) > 1 else ''} epoch "
+            f"{max(epochs_done(r.run_dir) for r in t.runs)}/{max(c.training.max_epochs for c in t.configs)}"
+            for t in running
+        )
+        elapsed = now - self.start
+        # runs finish early (early stopping, pruning), so epochs say little: extrapolate finished runs
+        left = (
+            f"~{_clock(elapsed * (self.total - self.finished) / self.finished)} left" if self.finished else ""
+        )
+        self.console.print(
+            f"[{_clock(elapsed)}] {self.finished}/{self.total} runs finished{', ' + left if left else ''}; "
+            f"training: {stacks or '-'}"
+        )
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
 def run_specs(
     specs: list[RunSpec],
     workers: int | None = None,
@@ -513,14 +550,19 @@ def run_specs(
     ) as progress:
         bar = progress.add_task("runs", total=n)
         rows: dict[int, Any] = {}  # id(task) -> its progress row (epochs of its furthest run)
+        log = _ProgressLog(n, console) if not console.is_terminal else None
 
         def report(spec: RunSpec, outcome: Outcome) -> None:
             progress.console.print(
                 f"{marks.get(outcome.status, outcome.status)} {spec.label}  {_describe(outcome)}"
             )
             progress.advance(bar)
+            if log:
+                log.finished += 1
 
         def tick(running: list[Task]) -> None:
+            if log:
+                log.tick(running)
             for t in running:
                 if id(t) not in rows:
                     name = t.runs[0].label + (f" +{len(t.runs) - 1}" if len(t.runs) > 1 else "")

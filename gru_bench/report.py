@@ -511,15 +511,21 @@ def table_markdown(table: pd.DataFrame) -> list[str]:
             continue
         lr = "—" if not math.isfinite(r["lr"]) else f"{r['lr']:.3g}" + (" (search)" * r["lr_searched"])
         test = _fmt(r["test_seq_mean"], r["test_seq_std"])
-        model, test = (f"**{r['model']}**", f"**{test}**") if r["best"] else (r["model"], test)
+        if r["best"] and math.isfinite(r["test_seq_mean"]):
+            model, test = f"**{r['model']}**", f"**{test}**"
+        else:
+            model = r["model"]
         lines.append(
             f"| {r['dataset']} | {model} | {r['n_runs']} | {lr} "
             f"| {_fmt(r['train_seq_mean'], r['train_seq_std'])} | {_fmt(r['paper_train'])} "
             f"| {_signed(r['diff_train'])} | {test} | {_fmt(r['paper_test'])} | {_signed(r['diff_test'])} |"
         )
+        test = _fmt(r["test_mean"], r["test_std"])
+        if r["best"] and not math.isfinite(r["test_seq_mean"]):  # picked in this metric
+            model, test = f"**{r['model']}**", f"**{test}**"
         frame.append(
-            f"| {r['dataset']} | {r['model']} | {r['n_runs']} | {_fmt(r['train_mean'], r['train_std'])} "
-            f"| {_fmt(r['test_mean'], r['test_std'])} | {_fmt(r['bai2018_test'])} |"
+            f"| {r['dataset']} | {model} | {r['n_runs']} | {_fmt(r['train_mean'], r['train_std'])} "
+            f"| {test} | {_fmt(r['bai2018_test'])} |"
         )
     lines += frame
     base = table[table["model"] == BASELINE].set_index("dataset")["test_mean"]
@@ -634,3 +640,97 @@ def compare(
         files["searches.csv"] = report.searches.to_csv(index=False)
     _write_outputs(out, files, report)
     return out
+
+
+# --- ablations ------------------------------------------------------------------------------------------
+
+ABLATION_METRICS = {"valid": "valid_nll_seq", "test": "test_nll_seq"}
+
+
+def ablation_table(sweep_file: str | Path, baseline: str | None = None) -> pd.DataFrame:
+    """Each variant of a sweep with `variants:` against the baseline variant (default: the first), paired
+    over seeds per dataset and model, in the paper's metric at the best-validation epoch. Rows: dataset,
+    cell, variant, metric (valid, test) and `stats_compare.COLUMNS` (a = the variant, b = the baseline).
+    Runs that did not finish are left out of the pairs (n_paired says how many seeds remain)."""
+    from gru_bench import sweep as sweeps
+
+    sw = sweeps.load_sweep(sweep_file)
+    if not sw.variants:
+        raise UserError(f"{sweep_file} has no variants: an ablation compares named variants of one setup")
+    base = baseline or next(iter(sw.variants))
+    if base not in sw.variants:
+        raise UserError(f"--baseline {base}: not a variant of {sweep_file} ({', '.join(sw.variants)})")
+    rows = []
+    for spec in sweeps.expand(sw):
+        variant = spec.name.removeprefix(f"{sw.name}-").rsplit("-seed", 1)[0]
+        summary, _ = _read(spec.run_dir / "summary.json", lambda p: json.loads(p.read_text()))
+        done = isinstance(summary, dict) and summary.get("status") == "complete"
+        dataset, cell = spec.run_dir.parts[-3:-1]
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": cell,
+                "variant": variant,
+                "seed": int(spec.name.rsplit("seed", 1)[1]),
+            }
+            | {m: summary.get(col) if done else None for m, col in ABLATION_METRICS.items()}
+        )
+    runs = pd.DataFrame(rows)
+    out = []
+    for (_, cell), r in runs.groupby(["dataset", "model"], sort=False):
+        for metric in ABLATION_METRICS:
+            df = r.rename(columns={"variant": "cell"})[["dataset", "cell", "seed", metric]]
+            for variant in [v for v in sw.variants if v != base]:
+                pair = stats_compare.pairwise_comparison(df[df["cell"].isin([variant, base])], metric)
+                pair = pair[(pair["cell_a"] == variant) | (pair["cell_b"] == variant)]
+                if pair.empty:
+                    continue
+                row = pair.iloc[0].to_dict()
+                if row["cell_a"] != variant:  # order a = variant, b = baseline
+                    row = _swap(row)
+                out.append({"model": cell, "variant": variant, "metric": metric, **row})
+    return pd.DataFrame(out, columns=["model", "variant", "metric", *stats_compare.COLUMNS])
+
+
+def _swap(row: dict) -> dict:
+    """A pairwise row with a and b exchanged (the difference changes sign)."""
+    out = dict(row)
+    for x in ("cell", "n", "mean", "std"):
+        out[f"{x}_a"], out[f"{x}_b"] = row[f"{x}_b"], row[f"{x}_a"]
+    out["mean_diff"], out["t"] = -row["mean_diff"], -row["t"]
+    out["verdict"] = stats_compare.verdict(
+        out["cell_a"], out["cell_b"], row["n_paired"], out["mean_diff"], row["p"], row["beyond_spread"]
+    )
+    return out
+
+
+def ablation_markdown(table: pd.DataFrame, sweep_file: str | Path) -> str:
+    """ablation.md: one line per dataset, model, variant and metric."""
+    lines = [
+        f"# Ablation: {Path(sweep_file).name}",
+        "",
+        "Each variant against the baseline (b), paired over seeds: NLL per frame in the paper's metric (mean "
+        "over sequences) of the best-validation model, variant − baseline (positive: the variant is worse); "
+        "paired t-test; verdict as in table2.md.",
+        "",
+        "| dataset | model | variant | metric | variant | baseline | difference | seeds | p | verdict |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in table.itertuples():
+        p = f"{r.p:.2g}" if math.isfinite(r.p) else "—"
+        lines.append(
+            f"| {r.dataset} | {r.model} | {r.variant} | {r.metric} | {_fmt(r.mean_a, r.std_a, 3)} "
+            f"| {_fmt(r.mean_b, r.std_b, 3)} | {_fmt(r.mean_diff, r.std_diff, 3)} | {r.n_paired} | {p} "
+            f"| {r.verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation(sweep_file: str | Path, out_dir: str | Path, baseline: str | None = None) -> Path:
+    """ablation.csv and ablation.md of a sweep into `out_dir` (atomically, each)."""
+    table = ablation_table(sweep_file, baseline)
+    out = Path(out_dir)
+    stem = Path(sweep_file).stem
+    write_text(out / f"{stem}.csv", table.to_csv(index=False))
+    write_text(out / f"{stem}.md", ablation_markdown(table, sweep_file))
+    return out / f"{stem}.md"

@@ -6,12 +6,16 @@ the same conditional model the NLL in Table 2 scores; listening to it is a sanit
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gru_bench import data
 from gru_bench.data.registry import DATASETS, LOWEST_PITCH, N_NOTES
@@ -23,17 +27,30 @@ from gru_bench.rundir import load_run
 SECONDS_PER_FRAME = {"quarter120": 0.5, "eighth": 0.25}
 
 
+@contextlib.contextmanager
+def progress(total: int, description: str, quiet: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr (nothing when `quiet`); yields the function that advances it by one."""
+    with Progress(
+        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=quiet, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
 def generate(
     model: torch.nn.Module,
     steps: int,
     temperature: float = 1.0,
     primer: np.ndarray | None = None,
     seed: int = 0,
+    quiet: bool = True,
 ) -> np.ndarray:
     """Bool roll (len(primer) + steps, 88): the primer, then `steps` sampled frames.
 
     temperature 0 takes the most likely value of every note (deterministic). Without a primer the model is
-    started from one silent frame, which is not part of the result.
+    started from one silent frame, which is not part of the result. The model steps one frame at a time,
+    carrying its state, so time is linear in `steps`; a progress bar shows unless `quiet`.
     """
     if not math.isfinite(temperature) or temperature < 0:
         raise UserError(
@@ -43,17 +60,21 @@ def generate(
     start = primer if primer is not None and len(primer) else np.zeros((1, N_NOTES), bool)
     frames = torch.zeros(len(start) + steps, N_NOTES)
     frames[: len(start)] = torch.as_tensor(start, dtype=torch.float32)
-    t = len(start)
     model.eval()
-    with torch.no_grad():
-        for _ in range(steps):
-            # the models keep no state between calls, so each step re-reads the whole prefix
-            logits = model(frames[:t].reshape(1, 1, t, N_NOTES))[0, 0, -1].float()
+    with torch.no_grad(), progress(steps, "sampling", quiet) as advance:
+        state = None
+        for t in range(
+            len(start) - 1
+        ):  # run the primer through, then one step per new frame: linear in steps
+            _, state = model.step(frames[t].reshape(1, 1, N_NOTES), state)
+        for t in range(len(start), len(frames)):
+            logits, state = model.step(frames[t - 1].reshape(1, 1, N_NOTES), state)
+            logits = logits[0, 0].float()
             if temperature == 0:
                 frames[t] = (logits > 0).float()
             else:
                 frames[t] = torch.bernoulli(torch.sigmoid(logits / temperature), generator=gen)
-            t += 1
+            advance()
     out = frames.numpy().astype(bool)
     return out if primer is not None and len(primer) else out[1:]
 
@@ -130,6 +151,7 @@ def sample(
     primer: int = 0,
     seed: int = 0,
     which: str = "best",
+    quiet: bool = False,
 ) -> Path:
     """Sample a piece from the run's model into `out` (MIDI) and `out` with suffix .png (piano roll)."""
     if steps < 1 or primer < 0:
@@ -137,7 +159,7 @@ def sample(
     model, cfg = load_run(run_dir, which)
     rolls = data.load(cfg.dataset, cfg.data.route) if primer or cfg.dataset not in DATASETS else None
     start, source = pick_primer(rolls, primer, seed) if primer else (None, "")
-    roll = generate(model, steps, temperature, start, seed)
+    roll = generate(model, steps, temperature, start, seed, quiet)
     out = Path(out)
     pm = roll_to_midi(roll, SECONDS_PER_FRAME[frame_rule(cfg.dataset, rolls)])
     with atomic_write(out) as f:

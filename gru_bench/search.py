@@ -60,6 +60,12 @@ def sample_lrs(
             f"search: log_lr_range {lo:g} {hi:g}: need finite low < high (ln of the lr), e.g. "
             f"{LR_SEARCH_LOG_RANGE[0]:g} {LR_SEARCH_LOG_RANGE[1]:g}"
         )
+    if hi > 0:
+        raise UserError(
+            f"search: log_lr_range {lo:g} {hi:g} draws learning rates up to {math.exp(hi):.3g} (the range is "
+            f"of ln(lr)): keep the high end <= 0 (lr <= 1); the paper's range is "
+            f"{LR_SEARCH_LOG_RANGE[0]:g} {LR_SEARCH_LOG_RANGE[1]:g}"
+        )
     logs = np.random.default_rng(seed).uniform(lo, hi, size=trials)
     return [float(f"{math.exp(x):.4g}") for x in logs]
 
@@ -249,6 +255,8 @@ def search(
     With `prune` (successive halving) all trials train as one stack whatever `lockstep` says."""
     if not NAME[0](name):
         raise UserError(f"--name {name!r} names run dirs: use {NAME[1]}")
+    if any(o.partition("=")[0].strip() == LR_KEY for o in overrides):
+        raise UserError(f"search: the search chooses {LR_KEY}; leave it out of --set")
     config = Path(config)
     dataset, cell = execute.dataset_and_cell(config, overrides)
     s = Search(name, config, tuple(overrides), dataset, cell, trials, tuple(log_lr_range), seed, prune)

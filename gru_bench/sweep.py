@@ -28,6 +28,7 @@ from typing import Any
 
 from gru_bench import execute, paper
 from gru_bench.config import NAME, read_yaml
+from gru_bench.data import processed_path
 from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
 from gru_bench.search import LR_KEY, SEED_KEY, Halving, Search, override
@@ -281,13 +282,16 @@ def preview(sweep: Sweep | str | Path) -> list[tuple[str, str]]:
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     out = []
     for s in expand(sweep):
-        execute.load(s)
+        cfg = execute.load(s)
         state = execute.run_state(s.run_dir)
+        prepared = processed_path(cfg.dataset, cfg.data.route).is_file()
         what = {
             "complete": "skip (complete)",
             "stopped_nan": "skip (diverged)",
             "pruned": "skip (pruned)",
-            "new": "train",
+            "new": "train"
+            if prepared
+            else f"train (data not prepared: gru-bench data prepare {cfg.dataset})",
             "partial": f"resume after epoch {execute.epochs_done(s.run_dir)}",
             "failed": f"retry (failed: {execute.error_line(s.run_dir)})",
         }[state]

@@ -38,7 +38,7 @@ from gru_bench import tblog
 from gru_bench.config import Config, config_hash, dump, load_config, parse_override
 from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
-from gru_bench.errors import UserError
+from gru_bench.errors import Interrupted, UserError
 from gru_bench.fsutil import write_text
 from gru_bench.models import StackedModel
 from gru_bench.optim import StackedRMSProp
@@ -464,6 +464,8 @@ class Trainer:
             console.print(f"  -> {run.dir}" + (f" (resuming after epoch {run.epoch})" if run.epoch else ""))
         n_batches = math.ceil(len(self.train_seqs) / cfg.training.batch_size)
         max_epochs = max(r.cfg.training.max_epochs for r in runs)
+        if self.device.type == "cpu" and self.model.use_kernels(self.seqs["train"][0][None, None]):
+            console.print("the first update compiles the numba CPU kernels unless they are cached (~10 s)")
         try:
             with _progress(console, console.quiet) as progress:
                 ep_task = progress.add_task("epochs", total=max_epochs, completed=min(r.epoch for r in runs))
@@ -485,10 +487,8 @@ class Trainer:
                     done = min(max(r.epoch for r in runs), max_epochs)
                     progress.update(ep_task, completed=done, description=_describe(runs))
         except KeyboardInterrupt:
-            for run in runs:
-                if run.active:
-                    console.print(f"[yellow]interrupted: continue with 'gru-bench train --resume {run.dir}'")
-            raise
+            resume = " ".join(f"--resume {r.dir}" for r in runs if r.active)
+            raise Interrupted(f"interrupted: continue with 'gru-bench train {resume}'") from None
         return [_summary(r, self.extra) for r in runs]
 
     def update(self, batch: list[list[Tensor] | None]) -> None:

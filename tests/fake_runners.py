@@ -49,3 +49,11 @@ def crash_train(task) -> None:
 def calls(results: Path) -> list[dict]:
     path = results / CALLS
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def slow_train(task) -> None:
+    """fake_train after a second: long enough for the executor's periodic progress lines."""
+    import time
+
+    time.sleep(1.0)
+    fake_train(task)

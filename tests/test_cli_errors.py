@@ -272,3 +272,42 @@ def test_sample_temperature_must_be_finite(run_dir: Path, tmp_path: Path, temper
 
 def test_a_model_too_big_for_memory_says_what_it_needs(jsb_data: Path, results: Path) -> None:
     fails(["train", "jsb/gru", "--set", "model.hidden=100000"], "model.hidden 100000", "GiB to train")
+
+
+def test_ctrl_c_in_train_says_once_how_to_continue(tmp_path: Path, tiny_jsb: Path, monkeypatch) -> None:
+    from gru_bench import training
+
+    def ctrl_c(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Trainer, "end_epoch", ctrl_c)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app, ["train", "jsb/gru", "--set", "model.hidden=4", "--seeds", "1,2", "--out", str(out), "-q"]
+    )
+    assert result.exit_code == 130
+    (line,) = [x for x in result.stderr.splitlines() if "interrupted" in x]  # said once
+    assert line.startswith("interrupted: continue with 'gru-bench train --resume ")
+    assert f"--resume {out}/jsb/gru/seed1" in line and f"--resume {out}/jsb/gru/seed2" in line
+    assert "Traceback" not in result.output
+
+
+def test_search_refuses_a_fixed_lr_and_an_lr_range_above_one(tmp_path: Path, results: Path) -> None:
+    fails(["search", "jsb/gru", "--set", "training.lr=1e-3"], "the search chooses training.lr")
+    fails(["search", "jsb/gru", "--log-lr-range", "0", "3"], "learning rates up to 20.1", "ln(lr)")
+
+
+def test_data_info_all_describes_every_prepared_dataset(jsb_data: Path, monkeypatch) -> None:
+    result = CliRunner().invoke(app, ["data", "info", "all"])
+    assert result.exit_code == 0, result.output
+    assert "jsb (reference route)" in result.output and "Bernoulli NLL per sequence" in result.output
+    assert "nottingham" not in result.output  # not prepared: not described
+
+
+def test_tables_are_not_cut_off_a_terminal(capsys) -> None:
+    """Piped or logged (not a terminal), a table keeps its long run names instead of "notting…"."""
+    from gru_bench.cli import _print_failures
+
+    label = "nottingham/gru/reproduce-search-lr1.234e-04-seed0"
+    _print_failures({label: "RuntimeError: boom in a worker process that died"})
+    assert label in capsys.readouterr().err

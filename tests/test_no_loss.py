@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_cli_errors import fails
-from test_training import TINY, tiny_jsb  # noqa: F401  (tiny_jsb: a fixture)
+from test_training import TINY
 from typer.testing import CliRunner
 
 from gru_bench import fsutil

@@ -18,6 +18,7 @@ from gru_bench import paper
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR, load_config
 from gru_bench.data import processed_path
+from gru_bench.errors import UserError
 from gru_bench.report import MANIFEST, build_report, collect_runs, compare, search_lines
 from gru_bench.search import Search
 from gru_bench.training import train_lockstep
@@ -314,3 +315,40 @@ def test_compare_removes_only_its_own_stale_files(results: Path, tmp_path: Path)
     assert not (out / "curves_nottingham.png").exists() and not (out / "curves_nottingham.svg").exists()
     assert all(p.read_text() == "mine" for p in mine) and (out / "curves_jsb.png").exists()
     assert "nottingham" not in json.loads((out / MANIFEST).read_text())
+
+
+def test_ablation_pairs_each_variant_with_the_baseline_over_seeds(tmp_path: Path, monkeypatch) -> None:
+    """`gru-bench ablation`: variant - baseline per seed, in the paper's metric, from the runs' summaries."""
+    from gru_bench.report import ablation_table, write_ablation
+
+    results = tmp_path / "results"
+    monkeypatch.setenv("GRU_BENCH_RESULTS", str(results))
+    sweep_file = tmp_path / "abl.yaml"
+    sweep_file.write_text(
+        json.dumps({
+            "name": "abl", "datasets": ["jsb"], "models": ["gru"], "seeds": [0, 1, 2],
+            "config": str(CONFIGS_DIR) + "/{dataset}/{model}.yaml",
+            "variants": {"authors": {}, "mean": {"training.loss": "mean"}},
+        })
+    )  # fmt: skip
+    valid = {"authors": [3.0, 3.2, 3.1], "mean": [3.1, 3.5, 3.2]}
+    for variant, values in valid.items():
+        for seed, v in enumerate(values):
+            run = results / "runs" / "jsb" / "gru" / f"abl-{variant}-seed{seed}"
+            run.mkdir(parents=True)
+            status = "complete" if (variant, seed) != ("mean", 2) else "running"
+            (run / "summary.json").write_text(
+                json.dumps({"status": status, "valid_nll_seq": v, "test_nll_seq": v + 1})
+            )
+    table = ablation_table(sweep_file).set_index("metric")
+    for metric, shift in (("valid", 0), ("test", 1)):
+        r = table.loc[metric]
+        assert (r["variant"], r["cell_a"], r["cell_b"], r["n_paired"]) == ("mean", "mean", "authors", 2)
+        assert r["mean_diff"] == pytest.approx(np.mean([0.1, 0.3]))  # seed 2 of `mean` did not finish
+        assert r["mean_a"] == pytest.approx(np.mean([3.1, 3.5]) + shift)
+        t = stats.ttest_rel([3.1, 3.5], [3.0, 3.2])
+        assert r["p"] == pytest.approx(t.pvalue) and r["t"] == pytest.approx(t.statistic)
+    md = write_ablation(sweep_file, tmp_path / "out").read_text()
+    assert "| jsb | gru | mean | valid |" in md
+    with pytest.raises(UserError, match="not a variant"):
+        ablation_table(sweep_file, baseline="nope")

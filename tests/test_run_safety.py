@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli_errors import fails
-from test_training import TINY, _cfg, tiny_jsb  # noqa: F401  (tiny_jsb: a fixture)
+from test_training import TINY, _cfg
 from typer.testing import CliRunner
 
 from gru_bench import rundir

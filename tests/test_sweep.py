@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from gru_bench import execute, sweep
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
+from gru_bench.data import processed_path
 from gru_bench.errors import UserError
 
 
@@ -142,7 +143,7 @@ def test_a_dying_worker_is_a_failed_run_not_a_dead_sweep(tmp_path: Path, results
     }
 
 
-def test_cli_dry_run_lists_runs_and_their_fate(tmp_path: Path, results: Path) -> None:
+def test_cli_dry_run_lists_runs_and_their_fate(tmp_path: Path, results: Path, data_home: Path) -> None:
     path = write_sweep(tmp_path, datasets=["jsb"], models=["gru"], seeds=[0, 1])
     done = results / "runs" / "jsb" / "gru" / "t-seed1"
     done.mkdir(parents=True)
@@ -150,8 +151,17 @@ def test_cli_dry_run_lists_runs_and_their_fate(tmp_path: Path, results: Path) ->
     out = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"])
     assert out.exit_code == 0, out.output
     lines = dict(line.split(maxsplit=1) for line in out.output.strip().splitlines())
-    assert lines == {"jsb/gru/t-seed0": "train", "jsb/gru/t-seed1": "skip (complete)"}
+    assert lines == {
+        "jsb/gru/t-seed0": "train (data not prepared: gru-bench data prepare jsb)",
+        "jsb/gru/t-seed1": "skip (complete)",
+    }
     assert not (results / "runs" / "jsb" / "gru" / "t-seed0").exists()
+    processed_path("jsb").parent.mkdir(parents=True)
+    processed_path("jsb").write_bytes(b"")  # prepared (the dry run does not read it)
+    out = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"])
+    assert (
+        dict(line.split(maxsplit=1) for line in out.output.strip().splitlines())["jsb/gru/t-seed0"] == "train"
+    )
 
 
 def test_cli_reports_bad_sweep_without_traceback(tmp_path: Path) -> None:
@@ -309,3 +319,21 @@ def test_variants_are_named_sets_of_overrides_and_datasets_can_be_narrowed(tmp_p
         sweep.only_datasets(s, "musedata")
     with pytest.raises(UserError, match="variants must map names"):
         sweep.load_sweep(write_sweep(tmp_path, variants={"bad name": {}}))
+
+
+def test_off_a_terminal_progress_lines_are_printed_periodically(
+    tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nohup / CI logs get a line now and then (epochs per stack, elapsed, an estimate), not silence."""
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setattr(execute, "TICK_SECONDS", 0.2)
+    monkeypatch.setattr(execute, "PROGRESS_SECONDS", 0.0)
+    path = write_sweep(tmp_path, datasets=["jsb"], models=["gru", "tanh"], seeds=[0], lockstep=1)
+    buf = io.StringIO()
+    sweep.run_sweep(path, workers=1, runner=fake_runners.slow_train, console=Console(file=buf, width=200))
+    lines = [x for x in buf.getvalue().splitlines() if "runs finished" in x]
+    assert lines and "0/2 runs finished; training: jsb/" in lines[0] and "epoch 0/500" in lines[0]
+    assert any("1/2 runs finished, ~0:00:0" in x and "left" in x for x in lines)

@@ -205,7 +205,7 @@ class _Fetcher:
 def _mismatch(f: DataFile, digest: str) -> str:
     return (
         f"sha256 mismatch for {f.filename}: got {digest}, expected {' or '.join(f.sha256)} "
-        "(partial file deleted; --allow-unknown-hash keeps such a file)"
+        "(the file was not kept; --allow-unknown-hash keeps such a file)"
     )
 
 

@@ -26,3 +26,19 @@ def run(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Te
         y, *_ = _OPS[cell](x[k], hx, params, True, 1, 0.0, True, False, True)
         out.append(y)
     return torch.stack(out)
+
+
+def step(
+    cell: str, x: Tensor, state: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One step: x (K, B, I), state (K, B, H) (LSTM: h and c concatenated, (K, B, 2H)) -> (h', state')."""
+    H = w_hh.shape[-1]
+    hs, states = [], []
+    for k in range(x.shape[0]):
+        params = [w_ih[k], w_hh[k], b_ih[k], b_hh[k]]
+        s = state[k].unsqueeze(0)
+        hx = (s[..., :H].contiguous(), s[..., H:].contiguous()) if cell == "lstm" else s
+        y, *last = _OPS[cell](x[k].unsqueeze(1), hx, params, True, 1, 0.0, False, False, True)
+        hs.append(y[:, 0])
+        states.append(torch.cat(last, dim=-1)[0])
+    return torch.stack(hs), torch.stack(states)

@@ -161,6 +161,21 @@ class StackedModel(nn.Module):
         mask = torch.arange(x.shape[2] - 1, device=x.device) < lengths.unsqueeze(-1)
         return masked_nll(self(x[:, :, :-1], lengths), x[:, :, 1:], mask)[0]
 
+    @torch.no_grad()
+    def step(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One time step for generation: x (K, B, n_in) -> (logits (K, B, n_in), state). `state` None is the
+        zero start; feed the returned state back in. Pure torch; the same function as `forward`."""
+        K, B, _ = x.shape
+        width = cells.STATE_SIZE[self.cell] * self.hidden
+        state = x.new_zeros(K, B, width) if state is None else state
+        if self.impl == "fused":
+            h, state = fused.step(self.cell, x, state, self.w_ih, self.w_hh, self.b_ih, self.b_hh)
+        else:
+            xp = torch.baddbmm(self.b.unsqueeze(1), x, self.W)
+            peep = (self.peep,) if self.cell == "lstm" else ()
+            h, state = cells.STEPS[self.cell](xp, state, self.U, *peep)
+        return torch.baddbmm(self.c.unsqueeze(1), h, self.V), state
+
     def hidden_states(self, x: Tensor) -> Tensor:
         """Pure torch: x (K, B, T, n_in) -> hidden states (K, B, T, H)."""
         K, B, T, n_in = x.shape
