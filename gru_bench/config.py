@@ -25,7 +25,7 @@ from gru_bench.data import ROUTES, processed_path
 from gru_bench.data.registry import DATASETS, get_dataset
 from gru_bench.errors import UserError
 from gru_bench.models import FAST_MODES, IMPLS
-from gru_bench.optim import CLIPS
+from gru_bench.models.optim import CLIPS
 from gru_bench.paths import configs_dir
 
 CONFIGS_DIR = configs_dir()  # shipped configs and sweeps (package data; a checkout's configs/ links here)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_cli_errors import fails
-from test_training import TINY, tiny_jsb  # noqa: F401  (tiny_jsb: a fixture)
+from test_training import TINY
 from typer.testing import CliRunner
 
 from gru_bench import fsutil
@@ -121,7 +121,7 @@ def test_compare_reports_a_summary_that_is_not_an_object(tmp_path: Path) -> None
     run.mkdir(parents=True)
     (run / "summary.json").write_text("[1, 2]")
     (run / "config.yaml").write_text(dump(load_config(CONFIGS_DIR / "jsb" / "gru.yaml")))
-    from gru_bench.report import collect_runs
+    from gru_bench.report.tables import collect_runs
 
     row = collect_runs(tmp_path).iloc[0]
     assert "not an object" in row["problem"]

@@ -17,13 +17,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from gru_bench import figures, paper, stats_compare
+from gru_bench import paper
 from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
-from gru_bench.execute import ERROR_FILE
+from gru_bench.experiments.scheduler import ERROR_FILE
 from gru_bench.fsutil import atomic_files, write_json, write_text
 from gru_bench.paths import runs_root
+from gru_bench.report import figures, stats
 
 RUN_COLUMNS = [
     "dataset", "cell", "run", "role", "status", "problem", "group", "main", "seed", "lr", "lr_searched",
@@ -49,7 +50,7 @@ class Report:
     problems: list[str] = field(default_factory=list)  # runs kept out of the table, and why
     other_groups: list[str] = field(default_factory=list)  # finished runs with other settings than the cell's
     searches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEARCH_COLUMNS))  # per search
-    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=stats_compare.COLUMNS))
+    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=stats.COLUMNS))
     curves: dict[tuple[str, str], list[pd.DataFrame]] = field(default_factory=dict)  # main-group metrics
 
 
@@ -412,7 +413,7 @@ def _drop_repeated_seeds(runs: pd.DataFrame) -> None:
 
 
 def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
-    """`stats_compare.pairwise_comparison` of the table's runs (one per dataset, cell and seed) in the paper's
+    """`stats.pairwise_comparison` of the table's runs (one per dataset, cell and seed) in the paper's
     metric; datasets whose table runs predate it are compared frame-weighted (the `metric` column says)."""
     main = runs.loc[runs["main"], ["dataset", "cell", "seed", "test_nll", "test_nll_seq"]]
     parts = []
@@ -421,15 +422,9 @@ def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
         metric = "seq" if seq.notna().all() else "frame"
         d = d.assign(test_nll=seq) if metric == "seq" else d
         parts.append(
-            stats_compare.pairwise_comparison(d[["dataset", "cell", "seed", "test_nll"]]).assign(
-                metric=metric
-            )
+            stats.pairwise_comparison(d[["dataset", "cell", "seed", "test_nll"]]).assign(metric=metric)
         )
-    return (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=[*stats_compare.COLUMNS, "metric"])
-    )
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*stats.COLUMNS, "metric"])
 
 
 def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFIGS_DIR) -> Report:
@@ -557,7 +552,7 @@ def to_markdown(report: Report, results_dir: Path) -> str:
         "## Files",
         "",
         "- `table2.csv`: this table at full precision; `runs.csv`: every run, its status, problem, group",
-        "- `pairwise.csv`: the model differences at full precision (`stats_compare.COLUMNS`)",
+        "- `pairwise.csv`: the model differences at full precision (`stats.COLUMNS`)",
     ]
     if len(report.searches):
         lines.append("- `searches.csv`: one row per learning-rate search (valid NLL spread, chosen lr)")
@@ -582,7 +577,7 @@ def pairwise_markdown(pw: pd.DataFrame) -> list[str]:
         "Test NLL of model a − model b over the seeds both have (negative: a is better), mean ± std of the "
         "per-seed differences; paired t-test (two-sided). A verdict names a winner only when the gap "
         "exceeds the seed-to-seed spread (the larger of the two models' std over seeds) and p < "
-        f"{stats_compare.ALPHA:g}; see `gru_bench.stats_compare.pairwise_comparison` for the exact rule. "
+        f"{stats.ALPHA:g}; see `gru_bench.report.stats.pairwise_comparison` for the exact rule. "
         "Metric: seq (the paper's) where every table run has it, else frame.",
         "",
         "| dataset | metric | a − b | difference | seeds | seed spread (a, b) | t | p | verdict |",

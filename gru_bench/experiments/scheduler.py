@@ -124,7 +124,7 @@ def error_line(run_dir: Path) -> str:
 
 def lockstep_key(cfg: Any) -> str:
     """Configs with equal keys can share one stacked model: they differ only in training.PER_MODEL fields."""
-    from gru_bench.training import PER_MODEL
+    from gru_bench.training.trainer import PER_MODEL
 
     flat = {f"{s}.{k}": v for s, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()}
     kept = {k: v for k, v in flat.items() if k not in PER_MODEL}
@@ -186,18 +186,18 @@ def train_task(task: Task) -> None:
     """The default runner: one run alone, or a lockstep group, single-threaded (workers run in parallel)."""
     import torch
 
-    from gru_bench import training
+    from gru_bench.training import trainer
 
     torch.set_num_threads(1)
     dirs = [r.run_dir for r in task.runs]
     pruner = None
     if task.runs[0].prune:
-        from gru_bench.search import SuccessiveHalving
+        from gru_bench.experiments.search import SuccessiveHalving
 
         rule, group = task.runs[0].prune
         column = "valid_nll_seq" if task.configs[0].training.select == "seq" else "valid_nll"
         pruner = SuccessiveHalving(rule, group, column)
-    training.train_lockstep(task.configs, dirs, resume=task.resume, quiet=True, pruner=pruner)
+    trainer.train_lockstep(task.configs, dirs, resume=task.resume, quiet=True, pruner=pruner)
 
 
 Runner = Callable[[Task], None]

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gru_bench import execute
 from gru_bench.config import NAME
 from gru_bench.errors import UserError
+from gru_bench.experiments import scheduler
 from gru_bench.fsutil import write_json, write_text
 from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
 from gru_bench.paths import results_dir
@@ -106,7 +106,7 @@ class SuccessiveHalving:
         for d in self.group:
             rows = alive.get(d)
             if rows is None:  # a trial of this search that stopped earlier (in this process or before)
-                pruned = execute.read_summary(d).get("pruned_epoch")
+                pruned = scheduler.read_summary(d).get("pruned_epoch")
                 if pruned is not None and pruned < epoch:
                     continue  # out of the race since an earlier rung
                 rows = _read_metrics(d)
@@ -156,12 +156,12 @@ class Search:
     def folder(self) -> Path:
         return results_dir() / "search" / self.dataset / self.cell / self.name
 
-    def specs(self) -> list[execute.RunSpec]:
+    def specs(self) -> list[scheduler.RunSpec]:
         lrs = sample_lrs(self.trials, self.log_lr_range, self.seed)
         names = [f"{self.name}-lr{lr:.3e}-seed{self.seed}" for lr in lrs]
-        dirs = tuple(execute.run_dir_for(self.dataset, self.cell, n) for n in names)
+        dirs = tuple(scheduler.run_dir_for(self.dataset, self.cell, n) for n in names)
         return [
-            execute.RunSpec(
+            scheduler.RunSpec(
                 name=name,
                 config=self.config,
                 overrides=(*self.overrides, override(LR_KEY, lr), override(SEED_KEY, self.seed)),
@@ -178,8 +178,8 @@ class Search:
         rows = []
         for i, spec in enumerate(self.specs()):
             lr = spec.info["search_trial"]["lr"]
-            s = execute.read_summary(spec.run_dir)
-            status = execute.run_state(spec.run_dir)
+            s = scheduler.read_summary(spec.run_dir)
+            status = scheduler.run_state(spec.run_dir)
             rows.append(
                 {
                     "trial": i,
@@ -191,10 +191,10 @@ class Search:
                     "epochs": s.get("epochs"),
                     "pruned_epoch": s.get("pruned_epoch"),
                     "run": spec.label,
-                    "error": execute.error_line(spec.run_dir) if status == "failed" else "",
+                    "error": scheduler.error_line(spec.run_dir) if status == "failed" else "",
                 }
             )
-        finished = all(r["status"] in execute.FINAL for r in rows)
+        finished = all(r["status"] in scheduler.FINAL for r in rows)
         usable = [r for r in rows if r["status"] == "complete" and _finite(r["best_valid_nll"])]
         chosen = min(usable, key=lambda r: r["best_valid_nll"]) if finished and usable else None
         for r in rows:
@@ -241,7 +241,7 @@ def search(
     backend: str = "local",
     address: str | None = None,
     lockstep: int = LR_SEARCH_TRIALS,
-    runner: execute.Runner = execute.train_task,
+    runner: scheduler.Runner = scheduler.train_task,
     prune: Halving | None = Halving(),
 ) -> dict[str, Any]:
     """Train every trial of a learning-rate search of `config` (finished trials are kept) and record it.
@@ -250,9 +250,9 @@ def search(
     if not NAME[0](name):
         raise UserError(f"--name {name!r} names run dirs: use {NAME[1]}")
     config = Path(config)
-    dataset, cell = execute.dataset_and_cell(config, overrides)
+    dataset, cell = scheduler.dataset_and_cell(config, overrides)
     s = Search(name, config, tuple(overrides), dataset, cell, trials, tuple(log_lr_range), seed, prune)
-    execute.run_specs(
+    scheduler.run_specs(
         s.specs(), workers=workers, backend=backend, address=address, lockstep=lockstep, runner=runner
     )
     return s.write()

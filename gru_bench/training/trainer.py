@@ -34,15 +34,15 @@ from torch import Tensor
 
 import gru_bench
 from gru_bench import data as datasets
-from gru_bench import tblog
 from gru_bench.config import Config, config_hash, dump, load_config, parse_override
 from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
 from gru_bench.errors import UserError
 from gru_bench.fsutil import write_text
 from gru_bench.models import StackedModel
-from gru_bench.optim import StackedRMSProp
-from gru_bench.rundir import (
+from gru_bench.models.optim import StackedRMSProp
+from gru_bench.training import tblog
+from gru_bench.training.rundir import (
     default_run_dir,
     load_run,
     model_for,

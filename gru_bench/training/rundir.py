@@ -200,7 +200,7 @@ def rebuild(run_dir: Path, quiet: bool = False) -> dict:
 
     summary.json and metrics.csv are never touched; a damaged checkpoint is kept as `<name>.damaged`.
     """
-    from gru_bench.training import train  # training imports this module
+    from gru_bench.training.trainer import train  # training imports this module
 
     summary = saved_summary(run_dir)
     if (summary or {}).get("status") not in FINAL:
