@@ -15,11 +15,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from gru_bench.cli import app
-from gru_bench.config import CONFIGS_DIR, dump, load_config
+from gru_bench.config import CONFIGS_DIR, dump, load_config, override
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
 from gru_bench.experiments import scheduler
-from gru_bench.experiments.search import override
 from gru_bench.fsutil import atomic_write, write_text
 from gru_bench.models import build_model
 from gru_bench.paths import raw_dir

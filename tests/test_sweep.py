@@ -23,6 +23,7 @@ from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
 from gru_bench.errors import UserError
 from gru_bench.experiments import scheduler, sweep
+from gru_bench.training import rundir
 
 
 def write_sweep(tmp_path: Path, **keys) -> Path:
@@ -98,7 +99,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
     first = sweep.run_sweep(path, workers=2, lockstep=1, runner=fake_train)
     assert set(first.failed) == {"jsb/lstm/t-seed1"}
     assert "RuntimeError: boom in t-seed1" in first.failed["jsb/lstm/t-seed1"]
-    assert "boom" in (failing / scheduler.ERROR_FILE).read_text()
+    assert "boom" in (failing / rundir.ERROR_FILE).read_text()
     done = [k for k, o in first.outcomes.items() if o.status == "complete"]
     assert len(done) == 3 and len({c["pid"] for c in calls(results)}) == 4  # one process per task
     for label in done:  # the sweep's bookkeeping is merged into each summary
@@ -115,7 +116,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
         "jsb/lstm/t-seed1": False,
         "jsb/gru/t-seed0": True,
     }
-    assert not (failing / scheduler.ERROR_FILE).exists()
+    assert not (failing / rundir.ERROR_FILE).exists()
     assert [o.status for o in second.outcomes.values()].count("skipped") == 2
 
     (results / fake_runners.CALLS).unlink()
@@ -164,7 +165,7 @@ def test_cli_lists_failed_runs_and_exits_1(tmp_path: Path, results: Path, data_h
     out = CliRunner().invoke(app, ["sweep", str(path), "--workers", "1"])
     assert out.exit_code == 1, out.output
     assert "2 run(s) not finished" in out.output and "data prepare" in out.output
-    assert all((results / f"runs/jsb/gru/t-seed{s}" / scheduler.ERROR_FILE).exists() for s in (0, 1))
+    assert all((results / f"runs/jsb/gru/t-seed{s}" / rundir.ERROR_FILE).exists() for s in (0, 1))
 
 
 def test_ray_backend_without_ray_is_a_one_line_error(
@@ -190,7 +191,7 @@ def test_ray_backend_on_a_local_instance(
         ray.shutdown()
     runs = results / "runs" / "jsb" / "gru"
     assert set(result.failed) == {"jsb/gru/t-seed1"} and "boom" in result.failed["jsb/gru/t-seed1"]
-    assert "RuntimeError: boom" in (runs / "t-seed1" / scheduler.ERROR_FILE).read_text()
+    assert "RuntimeError: boom" in (runs / "t-seed1" / rundir.ERROR_FILE).read_text()
     for name in ("t-seed0", "t-seed2"):  # written on a worker, shipped back into the usual layout
         summary = json.loads((runs / name / "summary.json").read_text())
         assert summary["status"] == "complete" and summary["sweep"] == "t"
@@ -224,7 +225,7 @@ def test_real_tiny_sweep_resumes_interrupted_runs_and_skips_finished(
     runs = results / "runs" / "jsb" / "gru"
     first = sweep.run_sweep(path, workers=2, runner=interrupted_train)
     assert {o.status for o in first.outcomes.values()} == {"interrupted"}
-    assert all(scheduler.epochs_done(runs / f"t-seed{s}") == 1 for s in (0, 1))
+    assert all(rundir.epochs_done(runs / f"t-seed{s}") == 1 for s in (0, 1))
 
     second = sweep.run_sweep(path, workers=2)
     assert second.failed == {}
@@ -281,12 +282,11 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(
         pytest.fail("worker processes outlived the interrupted sweep")
     plan = dict(sweep.preview(path))
     for r in runs:
-        assert scheduler.run_state(r) == "partial" and not (r / scheduler.ERROR_FILE).exists()
+        assert rundir.run_state(r) == "partial" and not (r / rundir.ERROR_FILE).exists()
         assert (
-            plan[scheduler.RunSpec("", Path(), (), r).label]
-            == f"resume after epoch {scheduler.epochs_done(r)}"
+            plan[scheduler.RunSpec("", Path(), (), r).label] == f"resume after epoch {rundir.epochs_done(r)}"
         )
-        assert scheduler.epochs_done(r) >= 1
+        assert rundir.epochs_done(r) >= 1
 
 
 def test_variants_are_named_sets_of_overrides_and_datasets_can_be_narrowed(tmp_path: Path, results: Path):

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from gru_bench import paper
-from gru_bench.config import NAME, read_yaml
+from gru_bench.config import LR_KEY, NAME, SEED_KEY, override, read_yaml
 from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
 from gru_bench.experiments import scheduler
-from gru_bench.experiments.search import LR_KEY, SEED_KEY, Halving, Search, override
+from gru_bench.experiments.search import Halving, Search
+from gru_bench.training import rundir
 
 KEYS = (
     "name",
@@ -240,7 +241,7 @@ def _seed_runs(
             name=f"{p.prefix}-seed{seed}",
             config=p.config,
             overrides=(*p.overrides, *extra, override(SEED_KEY, seed)),
-            run_dir=scheduler.run_dir_for(p.dataset, p.model, f"{p.prefix}-seed{seed}"),
+            run_dir=rundir.run_dir_for(p.dataset, p.model, f"{p.prefix}-seed{seed}"),
             info={"sweep": sweep.name, **(info or {})},
         )
         for seed in sweep.seeds
@@ -283,14 +284,14 @@ def preview(sweep: Sweep | str | Path) -> list[tuple[str, str]]:
     out = []
     for s in expand(sweep):
         scheduler.load(s)
-        state = scheduler.run_state(s.run_dir)
+        state = rundir.run_state(s.run_dir)
         what = {
             "complete": "skip (complete)",
             "stopped_nan": "skip (diverged)",
             "pruned": "skip (pruned)",
             "new": "train",
-            "partial": f"resume after epoch {scheduler.epochs_done(s.run_dir)}",
-            "failed": f"retry (failed: {scheduler.error_line(s.run_dir)})",
+            "partial": f"resume after epoch {rundir.epochs_done(s.run_dir)}",
+            "failed": f"retry (failed: {rundir.error_line(s.run_dir)})",
         }[state]
         out.append((s.label, what))
     for p, s in searches(sweep):

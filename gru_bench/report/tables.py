@@ -18,13 +18,13 @@ import pandas as pd
 import yaml
 
 from gru_bench import paper
-from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
+from gru_bench.config import CONFIGS_DIR, LR_KEY, NOT_HASHED, flatten, load_config
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
-from gru_bench.experiments.scheduler import ERROR_FILE
 from gru_bench.fsutil import atomic_files, write_json, write_text
 from gru_bench.paths import runs_root
 from gru_bench.report import figures, stats
+from gru_bench.training.rundir import ERROR_FILE, last_error
 
 RUN_COLUMNS = [
     "dataset", "cell", "run", "role", "status", "problem", "group", "main", "seed", "lr", "lr_searched",
@@ -32,7 +32,7 @@ RUN_COLUMNS = [
     "valid_nll", "test_nll", "test_nll_seq", "baseline_train", "baseline_test", "baseline_train_seq",
     "baseline_test_seq", "seconds_per_epoch", "total_seconds", "search", "path", "settings",
 ]  # fmt: skip
-SEARCHED_LR = "training.lr"  # an outcome, not a setting, when a learning-rate search chose it
+SEARCHED_LR = LR_KEY  # an outcome, not a setting, when a learning-rate search chose it
 BASELINE = "bernoulli"  # the `model` name of the independent-Bernoulli reference row
 MANIFEST = ".compare-files.json"  # in the out dir: what the last `compare` wrote (all it may ever remove)
 SEARCH_COLUMNS = [
@@ -68,14 +68,6 @@ def _read(path: Path, reader) -> tuple[Any, str]:
         return None, f"unreadable {path.name} ({type(e).__name__}: {first})"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def lr_from_search(config: dict, summary: dict | None) -> bool:
     """True when the run's learning rate was picked by `gru-bench search` (an outcome, not a setting)."""
     summary = summary or {}
@@ -85,7 +77,7 @@ def lr_from_search(config: dict, summary: dict | None) -> bool:
 def settings(config: dict, searched_lr: bool = False) -> dict[str, Any]:
     """The resolved config minus what may differ between seeds of one experiment (dotted keys, sorted)."""
     drop = NOT_HASHED | ({SEARCHED_LR} if searched_lr else set())
-    return {k: v for k, v in sorted(_flatten(config).items()) if k not in drop}
+    return {k: v for k, v in sorted(flatten(config).items()) if k not in drop}
 
 
 def group_id(s: dict[str, Any]) -> str:
@@ -96,10 +88,9 @@ def _problem(
     run_dir: Path, summary: dict | None, why_summary: str, metrics: pd.DataFrame | None, config: dict | None
 ) -> str:
     """Why a run cannot be averaged into its cell, or "" when it can."""
-    error = run_dir / ERROR_FILE
-    if error.exists() and (summary or {}).get("status") != "complete":
-        last = [line for line in error.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        return f"failed ({ERROR_FILE}: {last[0].strip() if last else 'empty'})"
+    error = last_error(run_dir)
+    if error is not None and (summary or {}).get("status") != "complete":
+        return f"failed ({ERROR_FILE}: {error or 'empty'})"
     if config is None and summary is None:
         return "no config.yaml and no summary.json"
     if summary is None:
@@ -148,7 +139,7 @@ def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
     metrics, _ = _read(run_dir / "metrics.csv", pd.read_csv)
     config = config if isinstance(config, dict) else None
     summ = summary if isinstance(summary, dict) else {}
-    flat = _flatten(config or {})
+    flat = flatten(config or {})
     searched = lr_from_search(config or {}, summ)
     trial = summ.get("search_trial") or {}
     final = summ.get("search") if isinstance(summ.get("search"), dict) else {}  # a run at a searched lr
