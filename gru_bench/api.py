@@ -23,14 +23,15 @@ from typing import Any
 
 import pandas as pd
 
-from gru_bench import data, paths, rundir
+from gru_bench import data, paths
 from gru_bench.config import CONFIGS_DIR, Config, load_config, parse_override
 from gru_bench.data.download import download
 from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.prepare import prepare as _prepare
 from gru_bench.data.stats import describe as _describe
 from gru_bench.errors import UserError
-from gru_bench.training import evaluate as _evaluate
+from gru_bench.training import rundir
+from gru_bench.training.trainer import evaluate as _evaluate
 
 __all__ = [
     "Run",
@@ -105,7 +106,7 @@ def train(
     """Train one model (`gru-bench train`): a config file, a shipped `<dataset>/<cell>` such as "jsb/gru",
     or a Config; `overrides` are `--set` strings such as "training.max_epochs=1". Default folder:
     results/runs/<dataset>/<cell>/<run name>."""
-    from gru_bench.training import train as _train
+    from gru_bench.training.trainer import train as _train
 
     if isinstance(config, Config):
         cfg = config.replace(**dict(parse_override(o) for o in overrides))
@@ -121,14 +122,14 @@ def compare(
 ) -> pd.DataFrame:
     """Table 2 (mean ± std over seeds per dataset x cell, beside the paper) of the runs under
     `results_dir` (default $GRU_BENCH_RESULTS or ./results); writes nothing (more: report.build_report)."""
-    from gru_bench.report import build_report
+    from gru_bench.report.tables import build_report
 
     return build_report(results_dir or paths.results_dir(), configs_dir).table
 
 
 def report(results_dir: str | Path | None = None, out_dir: str | Path | None = None) -> Path:
     """Write the `gru-bench compare` report (tables, figures) into `out_dir` (default RESULTS/report)."""
-    from gru_bench.report import compare as _compare
+    from gru_bench.report.tables import compare as _compare
 
     return _compare(results_dir or paths.results_dir(), out_dir, CONFIGS_DIR)
 
@@ -146,14 +147,14 @@ def sample(
 ) -> dict[str, Path]:
     """Let the run's model compose (`gru-bench sample`): returns the paths written, keys midi and png, with
     `audio` also wav and (when an encoder is on PATH) compressed."""
-    from gru_bench.sample import sample as _sample
+    from gru_bench.report.samples import sample as _sample
 
     midi = _sample(
         run_dir, steps=steps, out=out, temperature=temperature, primer=primer, seed=seed, which=which
     )
     written = {"midi": midi, "png": midi.with_suffix(".png")}
     if audio:
-        from gru_bench.audio import render
+        from gru_bench.report.audio import render
 
         sound = render(midi, soundfont=soundfont)
         written["wav"] = sound.wav

@@ -196,10 +196,10 @@ def train_cmd(
 ) -> None:
     """Train a model (or a lockstep stack of seeds); checkpoints every epoch, Ctrl-C safe (--resume)."""
     from gru_bench.config import parse_seeds
-    from gru_bench.training import train_command
+    from gru_bench.training.trainer import train_command
 
     if rebuild is not None:
-        from gru_bench.rundir import rebuild as rebuild_run
+        from gru_bench.training.rundir import rebuild as rebuild_run
 
         if (
             config
@@ -250,7 +250,7 @@ def evaluate_cmd(
     which: str = typer.Option("best", help="best (best valid NLL) or last checkpoint."),
 ) -> None:
     """Recompute the NLL per frame (nats) of a saved model on a split."""
-    from gru_bench.training import evaluate
+    from gru_bench.training.trainer import evaluate
 
     nll = evaluate(run_dir, split, which)
     typer.echo(
@@ -291,13 +291,13 @@ def compare_cmd(
     from rich.markdown import Markdown
 
     from gru_bench.config import CONFIGS_DIR
-    from gru_bench.report import compare
+    from gru_bench.report.tables import compare
 
     report_dir = compare(results or results_dir(), out, configs or CONFIGS_DIR)
     console().print(Markdown((report_dir / "table2.md").read_text()))
     typer.echo(f"wrote {report_dir}/")
     if readme:
-        from gru_bench.readme import update_files
+        from gru_bench.report.readme import update_files
 
         bench_csv = (results or results_dir()) / "bench" / "bench.csv"
         for path in update_files(readme, report_dir, bench_csv):
@@ -323,14 +323,14 @@ def sample_cmd(
     ),
 ) -> None:
     """Let a trained model compose: Bernoulli draws per note, frame by frame, written as MIDI + piano roll."""
-    from gru_bench.sample import sample
+    from gru_bench.report.samples import sample
 
     path = sample(
         run_dir, steps=steps, out=out, temperature=temperature, primer=primer, seed=seed, which=which
     )
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
     if audio:
-        from gru_bench.audio import render
+        from gru_bench.report.audio import render
 
         sound = render(path, soundfont=soundfont)
         typer.echo(f"wrote {sound.wav}{f' and {sound.compressed}' * bool(sound.compressed)} ({sound.synth})")
@@ -354,8 +354,8 @@ def bench_cmd(
 ) -> None:
     """Training throughput (time steps/s) of torch.nn vs the paper/fused models, numba kernels off/on."""
 
-    from gru_bench.bench import run_bench, table
     from gru_bench.config import parse_ints
+    from gru_bench.experiments.bench import run_bench, table
     from gru_bench.paths import results_dir
 
     out = out or results_dir() / "bench" / "bench.csv"
@@ -403,7 +403,7 @@ def sweep_cmd(
     datasets: str | None = typer.Option(None, help="Only these of the file's datasets, e.g. jsb,piano-midi."),
 ) -> None:
     """Train a grid of runs; finished runs are skipped, interrupted ones resumed, failed ones retried."""
-    from gru_bench import sweep
+    from gru_bench.experiments import sweep
 
     plan = sweep.load_sweep(sweep_file)
     if datasets:
@@ -434,7 +434,7 @@ def ablation_cmd(
     """Each variant of an ablation sweep against the baseline variant, paired over seeds."""
     from rich.markdown import Markdown
 
-    from gru_bench.report import write_ablation
+    from gru_bench.report.tables import write_ablation
 
     path = write_ablation(sweep_file, out or paths.results_dir() / "report", baseline)
     console().print(Markdown(path.read_text()))
@@ -460,7 +460,7 @@ def search_cmd(
 ) -> None:
     """The paper's learning-rate search: train each sampled lr, keep the best validation NLL."""
     from gru_bench.config import parse_ints
-    from gru_bench.search import Halving, search
+    from gru_bench.experiments.search import Halving, search
 
     rec = search(
         config,

@@ -3,6 +3,10 @@
 A config is checked completely before any data is loaded or any model is built, so a typo costs a second,
 not a night. Every error names the file (or the `--set` override) that set the value, the dotted key and what
 is allowed, e.g. `configs/jsb/gru.yaml: training.lr must be a positive number, got -1`.
+
+This module owns the configs' vocabulary, without importing torch: the allowed words of every key (models and
+the optimizer import theirs from here), dotted keys (`flatten`), which keys may differ within one lockstep
+stack (`stack_settings`) and the hash of an experiment.
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ from gru_bench import paper
 from gru_bench.data import ROUTES, processed_path
 from gru_bench.data.registry import DATASETS, get_dataset
 from gru_bench.errors import UserError
-from gru_bench.models import FAST_MODES, IMPLS
-from gru_bench.optim import CLIPS
 from gru_bench.paths import configs_dir
 
 CONFIGS_DIR = configs_dir()  # shipped configs and sweeps (package data; a checkout's configs/ links here)
@@ -34,6 +36,11 @@ LR_DECAYS = ("linear", "none")
 LOSSES = ("mean", "sum")
 NOISE_ON = ("recurrent", "input_recurrent")
 METRIC_NAMES = ("seq", "frame")  # seq: mean over sequences of the per-frame NLL (the paper's); frame: pooled
+IMPLS: tuple[str, ...] = ("paper", "fused")  # models/stacked.py
+FAST_MODES: tuple[str, ...] = ("auto", "on", "off")  # numba CPU kernels (models/kernels.py)
+CLIPS = ("update", "grad", "none")  # which per-model norm StackedRMSProp clips (models/optim.py)
+LR_KEY = "training.lr"
+SEED_KEY = "training.seed"
 
 # A check is (predicate, what is allowed); the type is part of the check so one message covers both.
 Check = tuple[Callable[[Any], bool], str]
@@ -140,6 +147,29 @@ NOT_HASHED = {
     "training.threads",
     "training.eval_batch_size",
     "model.fast",
+    "run.name",
+    "run.out_dir",
+}
+
+
+# Fields that may differ between the models of one lockstep stack (everything else defines the stack).
+PER_MODEL = {
+    "training.seed",
+    "training.lr",
+    "training.lr_decay",
+    "training.lr_final",
+    "training.momentum",
+    "training.rms_decay",
+    "training.rms_eps",
+    "training.rms_floor",
+    "training.loss",
+    "training.select",
+    "training.eval_train_every",
+    "training.clip_norm",
+    "training.weight_noise",
+    "training.max_epochs",
+    "training.patience",
+    "training.shuffle",
     "run.name",
     "run.out_dir",
 }
@@ -419,11 +449,30 @@ def load_config(
     return _build(raw, origin, str(path), base_hash)
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping (`Config.to_dict()`, a run's config.yaml) with dotted keys: training.lr, ..."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
 def config_hash(cfg: Config) -> str:
     """Short hash of the experiment (not the seed, device or run name): the seeds of one setup share it."""
-    flat = {f"{s}.{k}": v for s, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()}
-    flat = {k: v for k, v in flat.items() if k not in NOT_HASHED} | {"dataset": cfg.dataset}
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NOT_HASHED}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def stack_settings(cfg: Config) -> dict[str, Any]:
+    """What the models of one lockstep stack must share: every key but PER_MODEL (dataset included)."""
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if k not in PER_MODEL}
+
+
+def override(key: str, value: Any) -> str:
+    """`key=value` with the value in YAML, which is how `load_config` reads overrides (1e-05 -> 1.0e-05)."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()  # a scalar ends "\n..." (document end)
+    return f"{key}={text.removesuffix('...').strip()}"
 
 
 def run_name(cfg: Config) -> str:

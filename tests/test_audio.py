@@ -11,12 +11,12 @@ import pytest
 from scipy.io import wavfile
 from typer.testing import CliRunner
 
-from gru_bench import audio
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR, load_config
 from gru_bench.errors import UserError
-from gru_bench.sample import roll_to_midi
-from gru_bench.training import train
+from gru_bench.report import audio
+from gru_bench.report.samples import roll_to_midi
+from gru_bench.training.trainer import train
 
 FS = 8000  # enough to check lengths and loudness, quick to render
 

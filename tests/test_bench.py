@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gru_bench.bench import run_bench
 from gru_bench.cli import app
 from gru_bench.errors import UserError
+from gru_bench.experiments.bench import run_bench
 from gru_bench.models import kernels
 
 

@@ -14,16 +14,15 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gru_bench import execute
 from gru_bench.cli import app
-from gru_bench.config import CONFIGS_DIR, dump, load_config
+from gru_bench.config import CONFIGS_DIR, dump, load_config, override
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
+from gru_bench.experiments import scheduler
 from gru_bench.fsutil import atomic_write, write_text
 from gru_bench.models import build_model
 from gru_bench.paths import raw_dir
-from gru_bench.rundir import run_lock
-from gru_bench.search import override
+from gru_bench.training.rundir import run_lock
 
 
 def fails(args: list[str], *fragments: str) -> str:
@@ -190,7 +189,7 @@ def test_ray_ships_summary_last(tmp_path: Path) -> None:
     """A final status in summary.json means "done": it must never land before the checkpoints."""
     for name in ("summary.json", "best.pt", "last.pt", "metrics.csv", "config.yaml"):
         (tmp_path / name).write_text(name)
-    assert list(execute._pack(tmp_path))[-1] == "summary.json"
+    assert list(scheduler._pack(tmp_path))[-1] == "summary.json"
 
 
 # --- run folders --------------------------------------------------------------------------------------------
@@ -275,12 +274,12 @@ def test_a_model_too_big_for_memory_says_what_it_needs(jsb_data: Path, results: 
 
 
 def test_ctrl_c_in_train_says_once_how_to_continue(tmp_path: Path, tiny_jsb: Path, monkeypatch) -> None:
-    from gru_bench import training
+    from gru_bench.training import trainer
 
     def ctrl_c(self, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.Trainer, "end_epoch", ctrl_c)
+    monkeypatch.setattr(trainer.Trainer, "end_epoch", ctrl_c)
     out = tmp_path / "runs"
     result = CliRunner().invoke(
         app, ["train", "jsb/gru", "--set", "model.hidden=4", "--seeds", "1,2", "--out", str(out), "-q"]

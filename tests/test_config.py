@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -269,3 +271,14 @@ def test_loader_raises_nothing_but_user_errors(tmp_path: Path, data_home: Path, 
         assert "\n" not in str(e) and str(e)
     else:  # a valid result is a config that loads back to itself
         assert load_config(_write(tmp_path / "dumped.yaml", dump(cfg))).to_dict() == cfg.to_dict()
+
+
+def test_reading_configs_and_run_folders_does_not_load_torch():
+    """Config vocabulary, run state and the scheduler are torch-free: a sweep's bookkeeping, `compare` and the
+    scheduler's worker processes start in a fraction of a second."""
+    code = (
+        "import sys, gru_bench.config, gru_bench.training.rundir, gru_bench.experiments.scheduler; "
+        "print(sorted(m for m in ('torch', 'numba') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

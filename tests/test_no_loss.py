@@ -121,7 +121,7 @@ def test_compare_reports_a_summary_that_is_not_an_object(tmp_path: Path) -> None
     run.mkdir(parents=True)
     (run / "summary.json").write_text("[1, 2]")
     (run / "config.yaml").write_text(dump(load_config(CONFIGS_DIR / "jsb" / "gru.yaml")))
-    from gru_bench.report import collect_runs
+    from gru_bench.report.tables import collect_runs
 
     row = collect_runs(tmp_path).iloc[0]
     assert "not an object" in row["problem"]

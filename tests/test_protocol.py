@@ -13,9 +13,9 @@ import torch
 
 from gru_bench.config import CONFIGS_DIR, load_config
 from gru_bench.errors import UserError
-from gru_bench.optim import StackedRMSProp
-from gru_bench.search import Halving, SuccessiveHalving
-from gru_bench.training import train
+from gru_bench.experiments.search import Halving, SuccessiveHalving
+from gru_bench.models.optim import StackedRMSProp
+from gru_bench.training.trainer import train
 
 CONFIG = CONFIGS_DIR / "jsb" / "gru.yaml"
 TINY = ["model.hidden=6", "training.max_epochs=3", "training.batch_size=16", "training.patience=null"]
@@ -230,7 +230,7 @@ def test_successive_halving_reads_stopped_trials_from_their_folders(tmp_path: Pa
 def test_a_pruned_search_stops_trials_and_a_rerun_keeps_its_record(
     tmp_path: Path, tiny_jsb: Path, results: Path, monkeypatch
 ):
-    from gru_bench import search
+    from gru_bench.experiments import search
 
     kwargs = dict(
         trials=4, overrides=tuple(TINY[:3]) + ("training.max_epochs=4",), workers=1, prune=Halving((1, 2), 2)

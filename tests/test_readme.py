@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from gru_bench import figures
 from gru_bench.config import CONFIGS_DIR
 from gru_bench.errors import UserError
-from gru_bench.readme import refresh, update_files
-from gru_bench.report import compare
+from gru_bench.report import figures
+from gru_bench.report.readme import refresh, update_files
+from gru_bench.report.tables import compare
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "results" / "report"

@@ -19,9 +19,9 @@ from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR, load_config
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
-from gru_bench.report import MANIFEST, build_report, collect_runs, compare, search_lines
-from gru_bench.search import Search
-from gru_bench.training import train_lockstep
+from gru_bench.experiments.search import Search
+from gru_bench.report.tables import MANIFEST, build_report, collect_runs, compare, search_lines
+from gru_bench.training.trainer import train_lockstep
 
 TINY = ["model.hidden=8", "training.max_epochs=2", "training.batch_size=64", "training.weight_noise=0"]
 SEEDS = (1, 2)

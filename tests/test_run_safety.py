@@ -12,10 +12,10 @@ from test_cli_errors import fails
 from test_training import TINY, _cfg
 from typer.testing import CliRunner
 
-from gru_bench import rundir
 from gru_bench.cli import app
 from gru_bench.errors import UserError
-from gru_bench.training import train
+from gru_bench.training import rundir
+from gru_bench.training.trainer import train
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from gru_bench.data import load as load_rolls
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
 from gru_bench.models import build_model
-from gru_bench.rundir import load_run
-from gru_bench.sample import SECONDS_PER_FRAME, generate, pick_primer, roll_to_midi, sample
-from gru_bench.training import train
+from gru_bench.report.samples import SECONDS_PER_FRAME, generate, pick_primer, roll_to_midi, sample
+from gru_bench.training.rundir import load_run
+from gru_bench.training.trainer import train
 
 TINY = ["model.hidden=8", "training.max_epochs=1", "training.batch_size=64", "training.weight_noise=0"]
 

@@ -11,10 +11,10 @@ from fake_runners import DIVERGE_ABOVE, calls, fake_train, valid_nll
 from scipy import stats
 from typer.testing import CliRunner
 
-from gru_bench import sweep
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
-from gru_bench.search import CSV_COLUMNS, sample_lrs, search
+from gru_bench.experiments import sweep
+from gru_bench.experiments.search import CSV_COLUMNS, sample_lrs, search
 
 
 def test_learning_rates_are_log_uniform_in_range_and_deterministic() -> None:

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from gru_bench.errors import UserError
-from gru_bench.stats_compare import COLUMNS, pairwise_comparison, verdict
+from gru_bench.report.stats import COLUMNS, pairwise_comparison, verdict
 
 NLL = {  # dataset -> cell -> test NLL per seed 0, 1, 2
     "jsb": {"tanh": [8.9, 9.1, 9.0], "lstm": [8.7, 8.8, 8.75], "gru": [8.5, 8.62, 8.61]},

@@ -19,11 +19,12 @@ import pytest
 from fake_runners import FAIL, calls, crash_train, fake_train
 from typer.testing import CliRunner
 
-from gru_bench import execute, sweep
 from gru_bench.cli import app
 from gru_bench.config import CONFIGS_DIR
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
+from gru_bench.experiments import scheduler, sweep
+from gru_bench.training import rundir
 
 
 def write_sweep(tmp_path: Path, **keys) -> Path:
@@ -49,7 +50,7 @@ def test_expand_is_the_full_grid_with_deterministic_names(tmp_path: Path, result
     by_label = {s.label: s for s in specs}
     spec = by_label["nottingham/tanh/t-weight_noise0.075-seed1"]
     assert spec.run_dir == results / "runs" / "nottingham" / "tanh" / "t-weight_noise0.075-seed1"
-    cfg = execute.load(spec)
+    cfg = scheduler.load(spec)
     assert (cfg.dataset, cfg.model.cell, cfg.training.seed) == ("nottingham", "tanh", 1)
     assert (cfg.training.weight_noise, cfg.training.max_epochs) == (0.075, 3)
     assert spec.info == {"sweep": "t"}
@@ -99,7 +100,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
     first = sweep.run_sweep(path, workers=2, lockstep=1, runner=fake_train)
     assert set(first.failed) == {"jsb/lstm/t-seed1"}
     assert "RuntimeError: boom in t-seed1" in first.failed["jsb/lstm/t-seed1"]
-    assert "boom" in (failing / execute.ERROR_FILE).read_text()
+    assert "boom" in (failing / rundir.ERROR_FILE).read_text()
     done = [k for k, o in first.outcomes.items() if o.status == "complete"]
     assert len(done) == 3 and len({c["pid"] for c in calls(results)}) == 4  # one process per task
     for label in done:  # the sweep's bookkeeping is merged into each summary
@@ -116,7 +117,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
         "jsb/lstm/t-seed1": False,
         "jsb/gru/t-seed0": True,
     }
-    assert not (failing / execute.ERROR_FILE).exists()
+    assert not (failing / rundir.ERROR_FILE).exists()
     assert [o.status for o in second.outcomes.values()].count("skipped") == 2
 
     (results / fake_runners.CALLS).unlink()
@@ -128,7 +129,7 @@ def test_lockstep_groups_only_compatible_runs_in_chunks(tmp_path: Path, results:
     path = write_sweep(tmp_path, datasets=["jsb"], models=["gru", "tanh"], seeds=[0, 1, 2, 3, 4],
                        grid={"model.impl": ["paper", "fused"]}, lockstep=3)  # fmt: skip
     specs = sweep.expand(path)
-    _, tasks = execute.plan(specs, [execute.load(s) for s in specs], lockstep=3)
+    _, tasks = scheduler.plan(specs, [scheduler.load(s) for s in specs], lockstep=3)
     assert sorted(len(t.runs) for t in tasks) == [2, 2, 2, 2, 3, 3, 3, 3]  # 4 stacks x 5 seeds -> 3 + 2
     for t in tasks:
         assert len({(c.model.cell, c.model.impl) for c in t.configs}) == 1
@@ -174,7 +175,7 @@ def test_cli_lists_failed_runs_and_exits_1(tmp_path: Path, results: Path, data_h
     out = CliRunner().invoke(app, ["sweep", str(path), "--workers", "1"])
     assert out.exit_code == 1, out.output
     assert "2 run(s) not finished" in out.output and "data prepare" in out.output
-    assert all((results / f"runs/jsb/gru/t-seed{s}" / execute.ERROR_FILE).exists() for s in (0, 1))
+    assert all((results / f"runs/jsb/gru/t-seed{s}" / rundir.ERROR_FILE).exists() for s in (0, 1))
 
 
 def test_ray_backend_without_ray_is_a_one_line_error(
@@ -200,25 +201,25 @@ def test_ray_backend_on_a_local_instance(
         ray.shutdown()
     runs = results / "runs" / "jsb" / "gru"
     assert set(result.failed) == {"jsb/gru/t-seed1"} and "boom" in result.failed["jsb/gru/t-seed1"]
-    assert "RuntimeError: boom" in (runs / "t-seed1" / execute.ERROR_FILE).read_text()
+    assert "RuntimeError: boom" in (runs / "t-seed1" / rundir.ERROR_FILE).read_text()
     for name in ("t-seed0", "t-seed2"):  # written on a worker, shipped back into the usual layout
         summary = json.loads((runs / name / "summary.json").read_text())
         assert summary["status"] == "complete" and summary["sweep"] == "t"
         assert (runs / name / "config.yaml").read_text() == "fake\n"
 
 
-def interrupted_train(task: execute.Task) -> None:
+def interrupted_train(task: scheduler.Task) -> None:
     """Real training, stopped by Ctrl-C right after the first epoch's checkpoint."""
-    from gru_bench import training
+    from gru_bench.training import trainer
 
-    end_epoch = training.Trainer.end_epoch
+    end_epoch = trainer.Trainer.end_epoch
 
     def end_then_interrupt(*args, **kwargs) -> None:
         end_epoch(*args, **kwargs)
         raise KeyboardInterrupt
 
-    training.Trainer.end_epoch = end_then_interrupt
-    execute.train_task(task)
+    trainer.Trainer.end_epoch = end_then_interrupt
+    scheduler.train_task(task)
 
 
 def test_real_tiny_sweep_resumes_interrupted_runs_and_skips_finished(
@@ -234,7 +235,7 @@ def test_real_tiny_sweep_resumes_interrupted_runs_and_skips_finished(
     runs = results / "runs" / "jsb" / "gru"
     first = sweep.run_sweep(path, workers=2, runner=interrupted_train)
     assert {o.status for o in first.outcomes.values()} == {"interrupted"}
-    assert all(execute.epochs_done(runs / f"t-seed{s}") == 1 for s in (0, 1))
+    assert all(rundir.epochs_done(runs / f"t-seed{s}") == 1 for s in (0, 1))
 
     second = sweep.run_sweep(path, workers=2)
     assert second.failed == {}
@@ -291,11 +292,11 @@ def test_ctrl_c_stops_the_workers_and_leaves_resumable_runs(
         pytest.fail("worker processes outlived the interrupted sweep")
     plan = dict(sweep.preview(path))
     for r in runs:
-        assert execute.run_state(r) == "partial" and not (r / execute.ERROR_FILE).exists()
+        assert rundir.run_state(r) == "partial" and not (r / rundir.ERROR_FILE).exists()
         assert (
-            plan[execute.RunSpec("", Path(), (), r).label] == f"resume after epoch {execute.epochs_done(r)}"
+            plan[scheduler.RunSpec("", Path(), (), r).label] == f"resume after epoch {rundir.epochs_done(r)}"
         )
-        assert execute.epochs_done(r) >= 1
+        assert rundir.epochs_done(r) >= 1
 
 
 def test_variants_are_named_sets_of_overrides_and_datasets_can_be_narrowed(tmp_path: Path, results: Path):
@@ -310,7 +311,7 @@ def test_variants_are_named_sets_of_overrides_and_datasets_can_be_narrowed(tmp_p
     s = sweep.load_sweep(path)
     specs = {r.label: r.overrides for r in sweep.expand(s)}
     assert list(specs) == [f"{d}/gru/t-{v}-seed0" for d in ("jsb", "nottingham") for v in ("a", "b")]
-    configs = {label: execute.load(r) for label, r in zip(specs, sweep.expand(s), strict=True)}
+    configs = {label: scheduler.load(r) for label, r in zip(specs, sweep.expand(s), strict=True)}
     assert configs["jsb/gru/t-b-seed0"].training.loss == "mean"
     assert configs["jsb/gru/t-b-seed0"].training.max_epochs == 5  # a variant overrides the common overrides
     assert configs["jsb/gru/t-a-seed0"].training.max_epochs == 3

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gru_bench import tblog, training
 from gru_bench.config import CONFIGS_DIR, load_config
-from gru_bench.training import train
+from gru_bench.training import tblog, trainer
+from gru_bench.training.trainer import train
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -60,17 +60,17 @@ def test_a_resumed_run_logs_every_epoch_once_with_its_config(
 ) -> None:
     cfg = load_config(CONFIGS_DIR / "jsb" / "gru.yaml", TINY)
     run = tmp_path / "run"
-    real_save = training.save_checkpoint
+    real_save = trainer.save_checkpoint
 
     def crash_before_checkpoint_3(path: Path, obj: dict) -> None:
         if path.name == "last.pt" and obj["run"]["epoch"] == 3:
             raise KeyboardInterrupt  # epoch 3 is in TensorBoard, not in the checkpoint
         real_save(path, obj)
 
-    monkeypatch.setattr(training, "save_checkpoint", crash_before_checkpoint_3)
+    monkeypatch.setattr(trainer, "save_checkpoint", crash_before_checkpoint_3)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run, quiet=True)
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     train(cfg, run, resume=True, quiet=True)
 
     metrics = pd.read_csv(run / "metrics.csv")

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from gru_bench import rundir, training
 from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data import PianoRolls
 from gru_bench.errors import UserError
 from gru_bench.models import StackedModel, build_model, masked_nll
-from gru_bench.optim import StackedRMSProp, per_model_norm
-from gru_bench.training import evaluate, lr_at, split_nll, train, train_lockstep
+from gru_bench.models.optim import StackedRMSProp, per_model_norm
+from gru_bench.training import rundir, trainer
+from gru_bench.training.trainer import evaluate, lr_at, split_nll, train, train_lockstep
 
 TINY = ["model.hidden=6", "training.eval_batch_size=5", "training.max_epochs=4", "training.patience=null"]
 
@@ -407,17 +407,17 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_jsb: Path, monkeypatch: p
     cfg = _cfg(tmp_path, "training.batch_size=3")
     train(cfg, tmp_path / "whole", quiet=True)
 
-    real_end = training.Trainer.end_epoch
+    real_end = trainer.Trainer.end_epoch
 
     def ctrl_c_after_epoch_2(self, *args, **kwargs):
         real_end(self, *args, **kwargs)
         if self.runs[0].epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.Trainer, "end_epoch", ctrl_c_after_epoch_2)
+    monkeypatch.setattr(trainer.Trainer, "end_epoch", ctrl_c_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(training.Trainer, "end_epoch", real_end)
+    monkeypatch.setattr(trainer.Trainer, "end_epoch", real_end)
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["epochs"] == 2
     with pytest.raises(UserError, match="--resume"):
         train(cfg, tmp_path / "cut", quiet=True)
@@ -590,12 +590,12 @@ def test_a_damaged_summary_is_refused_then_repaired_by_resume(tmp_path: Path, ti
 def test_resume_may_change_only_the_machine(tmp_path: Path, tiny_jsb: Path):
     run = tmp_path / "run"
     train(_cfg(tmp_path, "training.max_epochs=1"), run, quiet=True)
-    assert set(training.RESUME_KEYS) < NOT_HASHED  # they never change what the run computes
+    assert set(trainer.RESUME_KEYS) < NOT_HASHED  # they never change what the run computes
     with pytest.raises(UserError, match=r"leave out training.lr \(only training.device"):
-        training.train_command(None, ["training.lr=0.5"], resume=[run], quiet=True)
+        trainer.train_command(None, ["training.lr=0.5"], resume=[run], quiet=True)
     with pytest.raises(UserError, match="is not a run folder"):
-        training.train_command(None, resume=[tmp_path], quiet=True)
-    training.train_command(None, ["training.eval_batch_size=2"], resume=[run], quiet=True)
+        trainer.train_command(None, resume=[tmp_path], quiet=True)
+    trainer.train_command(None, ["training.eval_batch_size=2"], resume=[run], quiet=True)
     assert load_config(run / "config.yaml").training.eval_batch_size == 5  # a finished run is not rewritten
 
 
@@ -618,7 +618,7 @@ def test_a_second_train_of_a_live_run_dir_is_refused(
 ):
     """While a run trains, `train --resume` (or a plain train) of its folder is refused, naming the holder."""
     cfg, run = _cfg(tmp_path, "training.max_epochs=2"), tmp_path / "run"
-    real_end, refused = training.Trainer.end_epoch, []
+    real_end, refused = trainer.Trainer.end_epoch, []
 
     def second_train_after_epoch_1(self, *args, **kwargs):
         real_end(self, *args, **kwargs)
@@ -628,7 +628,7 @@ def test_a_second_train_of_a_live_run_dir_is_refused(
                     train(cfg, run, resume=resume, quiet=True)
                 refused.append(str(e.value))
 
-    monkeypatch.setattr(training.Trainer, "end_epoch", second_train_after_epoch_1)
+    monkeypatch.setattr(trainer.Trainer, "end_epoch", second_train_after_epoch_1)
     assert train(cfg, run, quiet=True)["epochs"] == 2  # the first run was not disturbed
     assert (
         refused
@@ -645,17 +645,17 @@ def test_ctrl_c_releases_the_lock_and_a_stale_lock_is_taken_over(
     tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
     cfg, run = _cfg(tmp_path, "training.max_epochs=2"), tmp_path / "run"
-    real_end = training.Trainer.end_epoch
+    real_end = trainer.Trainer.end_epoch
 
     def ctrl_c(*args, **kwargs):
         real_end(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.Trainer, "end_epoch", ctrl_c)
+    monkeypatch.setattr(trainer.Trainer, "end_epoch", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run, quiet=True)
     assert not (run / rundir.LOCK).exists()
-    monkeypatch.setattr(training.Trainer, "end_epoch", real_end)
+    monkeypatch.setattr(trainer.Trainer, "end_epoch", real_end)
     (run / rundir.LOCK).write_text("PID 999999999 on gone-host\n")  # left by a killed training
     capsys.readouterr()
     assert train(cfg, run, resume=True)["epochs"] == 2
@@ -672,9 +672,9 @@ def test_a_refused_start_leaves_no_empty_run_dir(tmp_path: Path, data_home: Path
 def test_weight_noise_restores_clean_weights():
     model = build_model("tanh", hidden=4, k=2)
     model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
-    runs = [training._Run(None, Path("."), training._generators(s)) for s in (1, 2)]
+    runs = [trainer._Run(None, Path("."), trainer._generators(s)) for s in (1, 2)]
     before = model.U.detach().clone()
-    clean = training._add_noise(model.recurrent_weights(), runs, [0.1, 0.0], torch.device("cpu"))
+    clean = trainer._add_noise(model.recurrent_weights(), runs, [0.1, 0.0], torch.device("cpu"))
     assert torch.equal(clean[0], before)
     assert not torch.equal(model.U[0], before[0]) and torch.equal(model.U[1], before[1])  # std 0: no noise
     assert (model.U[0] - before[0]).std().item() == pytest.approx(0.1, rel=0.5)

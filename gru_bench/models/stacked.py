@@ -13,13 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gru_bench.config import FAST_MODES, IMPLS
 from gru_bench.data.registry import N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.models import cells, fused, kernels
 from gru_bench.paper import CELLS, HIDDEN_SIZES
-
-IMPLS: tuple[str, ...] = ("paper", "fused")
-FAST_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 _PAPER = {"tanh": cells.tanh_rnn, "gru": cells.gru, "lstm": cells.lstm}
 

@@ -1,8 +1,11 @@
-"""The run folder: config.yaml, metrics.csv, summary.json, best.pt and last.pt of one trained model.
+"""The run folder: config.yaml, metrics.csv, summary.json, best.pt and last.pt of one trained model, error.txt
+of a failed attempt, and the lock of the process writing it.
 
 The folder is a run's only state, so everything that reads or guards it lives here, apart from the training
 loop: a fresh `train` never overwrites earlier work, `--resume` continues from last.pt, one process at a time
-writes it (`run_lock`), and `load_run` rebuilds the trained model for `evaluate` and `sample`.
+writes it (`run_lock`), `run_state` tells a sweep what is left to do, and `load_run` rebuilds the trained
+model for `evaluate` and `sample`. torch is imported only by the functions that need it: the scheduler and the
+report read run state without it.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from rich.console import Console
-from torch import Tensor
 
 from gru_bench.config import Config, config_hash, load_config, run_name
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write, write_json, write_text
-from gru_bench.models import StackedModel, build_model, count_params, hidden_for_budget
 from gru_bench.paths import results_dir
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from gru_bench.models import StackedModel
 
 try:
     import fcntl
@@ -43,13 +49,87 @@ METRICS = (
 )  # fmt: skip
 
 
+# Statuses of a finished run (its folder is never retrained or overwritten).
+FINAL = ("complete", "stopped_nan")
+# Statuses that running a sweep again cannot change: finished, or stopped by its search's pruning.
+SETTLED = (*FINAL, "pruned")
+ERROR_FILE = "error.txt"
+# summary.json last: a final status in it means "done", so it must never land before the checkpoints do
+RUN_FILES = ("config.yaml", "metrics.csv", "best.pt", "last.pt", ERROR_FILE, "summary.json")
+
+
+def run_dir_for(dataset: str, cell: str, name: str, root: Path | None = None) -> Path:
+    """<root, default results/runs>/<dataset>/<cell>/<name>: where compare looks for a run."""
+    return (root or results_dir() / "runs") / dataset / cell / name
+
+
 def default_run_dir(cfg: Config) -> Path:
     """<out_dir or results/runs>/<dataset>/<cell>/<run name>: where `train` writes a config's run."""
-    root = Path(cfg.run.out_dir) if cfg.run.out_dir else results_dir() / "runs"
-    return root / cfg.dataset / cfg.model.cell / run_name(cfg)
+    root = Path(cfg.run.out_dir) if cfg.run.out_dir else None
+    return run_dir_for(cfg.dataset, cfg.model.cell, run_name(cfg), root)
+
+
+# --- run state (what a sweep has left to do) -------------------------------------------------------------
+
+
+def resumable(run_dir: Path) -> bool:
+    """A run dir that training has started (config.yaml written) is continued, never overwritten."""
+    return (run_dir / "config.yaml").exists()
+
+
+def run_state(run_dir: Path) -> str:
+    """complete | stopped_nan | pruned (settled), failed (error.txt), partial (started: resumable) or new."""
+    status = (saved_summary(run_dir) or {}).get("status")
+    if status in SETTLED:
+        return status
+    if (run_dir / ERROR_FILE).exists():
+        return "failed"
+    return "partial" if resumable(run_dir) else "new"
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a resume starts after (metrics.csv rows beside a last.pt)."""
+    if not (run_dir / "last.pt").exists():
+        return 0
+    return len(read_metrics(run_dir / "metrics.csv"))
+
+
+def last_error(run_dir: Path) -> str | None:
+    """The last non-empty line of error.txt ("" if it has none); None without an error.txt."""
+    try:
+        lines = [x for x in (run_dir / ERROR_FILE).read_text(errors="replace").splitlines() if x.strip()]
+    except FileNotFoundError:
+        return None
+    return lines[-1].strip() if lines else ""
+
+
+def error_line(run_dir: Path) -> str:
+    """Why the last attempt failed: the exception message of error.txt's traceback (a UserError's alone)."""
+    line = last_error(run_dir)
+    if line is None:
+        return ""
+    return line.removeprefix(f"{UserError.__module__}.UserError: ") or "unknown error"
+
+
+def write_error(run_dir: Path, text: str) -> None:
+    write_text(run_dir / ERROR_FILE, text)
+
+
+def clear_error(run_dir: Path) -> None:
+    """A new attempt: its own error, if any, replaces the last one."""
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+
+
+def tag_summary(run_dir: Path, info: dict) -> None:
+    """Merge bookkeeping (sweep, search) into a run's summary.json, if it has one."""
+    summary = saved_summary(run_dir)
+    if summary and info:
+        write_json(run_dir / "summary.json", {**summary, **info})
 
 
 def _hidden(cfg: Config) -> int | None:
+    from gru_bench.models import hidden_for_budget
+
     m = cfg.model
     return hidden_for_budget(m.cell, m.impl, m.param_budget) if m.param_budget else m.hidden
 
@@ -61,6 +141,8 @@ _COPIES = 6
 def model_for(cfg: Config, k: int) -> StackedModel:
     """A stack of k untrained models of the config's cell, implementation and size; a size that cannot fit
     in memory is a UserError that says how much it would need."""
+    from gru_bench.models import build_model, count_params
+
     hidden = _hidden(cfg)
     need = count_params(cfg.model.cell, cfg.model.impl, hidden or 1) * k * 4 * _COPIES
     have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
@@ -120,8 +202,6 @@ def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
 # --- fresh or resumed -------------------------------------------------------------------------------------
 
 
-# Statuses of a finished run (its folder is never retrained or overwritten).
-FINAL = ("complete", "stopped_nan")
 _REBUILD = (
     "rebuild its missing checkpoints with 'gru-bench train --rebuild {run_dir}' (trains the same config and "
     "seed again and keeps them only if the numbers match metrics.csv)"
@@ -200,7 +280,7 @@ def rebuild(run_dir: Path, quiet: bool = False) -> dict:
 
     summary.json and metrics.csv are never touched; a damaged checkpoint is kept as `<name>.damaged`.
     """
-    from gru_bench.training import train  # training imports this module
+    from gru_bench.training.trainer import train  # training imports this module
 
     summary = saved_summary(run_dir)
     if (summary or {}).get("status") not in FINAL:
@@ -276,12 +356,16 @@ def saved_summary(run_dir: Path) -> dict | None:
 
 def save_checkpoint(path: Path, obj: dict) -> None:
     """best.pt or last.pt, written atomically: an interrupted save leaves the previous one."""
+    import torch
+
     with atomic_write(path) as f:
         torch.save(obj, f)
 
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's dict (on the CPU); a missing or damaged file is a one-line UserError."""
+    import torch
+
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickles on stderr: the error says it all
             warnings.simplefilter("ignore")
@@ -301,6 +385,8 @@ def load_checkpoint(path: Path) -> dict:
 
 def _mismatch(want: dict[str, Tensor], got: dict) -> str:
     """How a checkpoint's weights differ from a model's, briefly (torch's text gives a line per tensor)."""
+    from torch import Tensor
+
     diffs = [f"no {k}" for k in want if k not in got] + [f"an extra {k}" for k in got if k not in want]
     for k, v in want.items():
         if k in got and not isinstance(got[k], Tensor):

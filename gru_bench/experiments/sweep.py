@@ -14,9 +14,9 @@ A sweep file (see configs/sweeps/):
                                         # prune: {rungs: [10, 30, 90], eta: 3} (the default) or false
     lockstep: 3                         # runs per stacked model (seeds / lrs of one cell train together)
 
-With `search`, each dataset x model x grid point first trains the search trials (gru_bench.search), then its
-seeds with the learning rate of the best trial. Re-running a sweep skips finished runs, resumes interrupted
-ones and retries failed ones (gru_bench.execute).
+With `search`, each dataset x model x grid point first trains the search trials (search.py), then its seeds
+with the learning rate of the best trial. Re-running a sweep skips finished runs, resumes interrupted ones and
+retries failed ones (scheduler.py).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gru_bench import execute, paper
-from gru_bench.config import NAME, read_yaml
+from gru_bench import paper
+from gru_bench.config import LR_KEY, NAME, SEED_KEY, override, read_yaml
 from gru_bench.data import processed_path
 from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
-from gru_bench.search import LR_KEY, SEED_KEY, Halving, Search, override
+from gru_bench.experiments import scheduler
+from gru_bench.experiments.search import Halving, Search
+from gru_bench.training import rundir
 
 KEYS = (
     "name",
@@ -234,20 +236,20 @@ def searches(sweep: Sweep) -> list[tuple[Point, Search]]:
 
 def _seed_runs(
     sweep: Sweep, p: Point, extra: tuple[str, ...] = (), info: dict | None = None
-) -> list[execute.RunSpec]:
+) -> list[scheduler.RunSpec]:
     return [
-        execute.RunSpec(
+        scheduler.RunSpec(
             name=f"{p.prefix}-seed{seed}",
             config=p.config,
             overrides=(*p.overrides, *extra, override(SEED_KEY, seed)),
-            run_dir=execute.run_dir_for(p.dataset, p.model, f"{p.prefix}-seed{seed}"),
+            run_dir=rundir.run_dir_for(p.dataset, p.model, f"{p.prefix}-seed{seed}"),
             info={"sweep": sweep.name, **(info or {})},
         )
         for seed in sweep.seeds
     ]
 
 
-def expand(sweep: Sweep | str | Path) -> list[execute.RunSpec]:
+def expand(sweep: Sweep | str | Path) -> list[scheduler.RunSpec]:
     """Every run whose settings are known now, in a fixed order: all runs of a plain sweep; for a search sweep
     the trials, plus the seed runs of each point whose search has finished (with the chosen learning rate)."""
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
@@ -269,7 +271,7 @@ def expand(sweep: Sweep | str | Path) -> list[execute.RunSpec]:
 
 @dataclass
 class SweepResult:
-    outcomes: dict[str, execute.Outcome]  # run label -> outcome
+    outcomes: dict[str, scheduler.Outcome]  # run label -> outcome
     waiting: list[str] = field(default_factory=list)  # search points whose seed runs could not start, and why
 
     @property
@@ -282,8 +284,8 @@ def preview(sweep: Sweep | str | Path) -> list[tuple[str, str]]:
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     out = []
     for s in expand(sweep):
-        cfg = execute.load(s)
-        state = execute.run_state(s.run_dir)
+        cfg = scheduler.load(s)
+        state = rundir.run_state(s.run_dir)
         prepared = processed_path(cfg.dataset, cfg.data.route).is_file()
         what = {
             "complete": "skip (complete)",
@@ -292,8 +294,8 @@ def preview(sweep: Sweep | str | Path) -> list[tuple[str, str]]:
             "new": "train"
             if prepared
             else f"train (data not prepared: gru-bench data prepare {cfg.dataset})",
-            "partial": f"resume after epoch {execute.epochs_done(s.run_dir)}",
-            "failed": f"retry (failed: {execute.error_line(s.run_dir)})",
+            "partial": f"resume after epoch {rundir.epochs_done(s.run_dir)}",
+            "failed": f"retry (failed: {rundir.error_line(s.run_dir)})",
         }[state]
         out.append((s.label, what))
     for p, s in searches(sweep):
@@ -310,7 +312,7 @@ def run_sweep(
     backend: str = "local",
     address: str | None = None,
     lockstep: int | None = None,
-    runner: execute.Runner = execute.train_task,
+    runner: scheduler.Runner = scheduler.train_task,
     console: Any = None,
 ) -> SweepResult:
     """Train a sweep; for a search sweep the trials first, then the seeds at each point's chosen lr."""
@@ -324,7 +326,7 @@ def run_sweep(
         console=console,
     )
     first = expand(sweep)
-    outcomes = execute.run_specs(first, **kw)
+    outcomes = scheduler.run_specs(first, **kw)
     if sweep.search is None:
         return SweepResult(outcomes)
     waiting = []
@@ -333,5 +335,5 @@ def run_sweep(
         if rec["status"] != "complete":
             waiting.append(f"{s.dataset}/{s.cell}/{s.name}: search {rec['status']}, seed runs not started")
     seen = {r.label for r in first}
-    outcomes |= execute.run_specs([r for r in expand(sweep) if r.label not in seen], **kw)
+    outcomes |= scheduler.run_specs([r for r in expand(sweep) if r.label not in seen], **kw)
     return SweepResult(outcomes, waiting)

@@ -44,12 +44,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gru_bench.config import CLIPS
+
 try:
     from numba import njit
 except ImportError:  # pragma: no cover - the pure-torch path takes over
     njit = None
 
-CLIPS = ("update", "grad", "none")
 LANES = 64  # interleaved float64 running sums per norm (fixed: it sets the summation order)
 
 # error_model="numpy": x / 0 is IEEE inf/NaN, as in torch, instead of a ZeroDivisionError check per element

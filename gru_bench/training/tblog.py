@@ -15,6 +15,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from gru_bench.config import flatten
+
 _writers: dict[Path, Any] = {}  # run dir -> open SummaryWriter
 _STEP = "epoch"
 _METRICS = ("nll/train", "nll/valid")  # what the hparams table shows per run
@@ -35,17 +37,12 @@ def tag(column: str) -> str:
     return f"nll/{split}{rest}" if nll and split else column
 
 
-def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+def flat_hparams(config: dict[str, Any]) -> dict[str, int | float | str | bool]:
     """A resolved config as TensorBoard hparams: dotted keys; numbers, strings, bools ("null" for None)."""
-    out: dict[str, int | float | str | bool] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= flat_hparams(value, f"{prefix}{key}.")
-        elif isinstance(value, (bool, int, float, str)):
-            out[f"{prefix}{key}"] = value
-        else:
-            out[f"{prefix}{key}"] = "null" if value is None else str(value)
-    return out
+    return {
+        key: value if isinstance(value, (bool, int, float, str)) else "null" if value is None else str(value)
+        for key, value in flatten(config).items()
+    }
 
 
 def _open(run_dir: Path, first_step: int, hparams: dict[str, Any]) -> Any:

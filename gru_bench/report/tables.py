@@ -17,13 +17,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from gru_bench import figures, paper, stats_compare
-from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
+from gru_bench import paper
+from gru_bench.config import CONFIGS_DIR, LR_KEY, NOT_HASHED, flatten, load_config
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
-from gru_bench.execute import ERROR_FILE
 from gru_bench.fsutil import atomic_files, write_json, write_text
 from gru_bench.paths import runs_root
+from gru_bench.report import figures, stats
+from gru_bench.training.rundir import ERROR_FILE, last_error
 
 RUN_COLUMNS = [
     "dataset", "cell", "run", "role", "status", "problem", "group", "main", "seed", "lr", "lr_searched",
@@ -31,7 +32,7 @@ RUN_COLUMNS = [
     "valid_nll", "test_nll", "test_nll_seq", "baseline_train", "baseline_test", "baseline_train_seq",
     "baseline_test_seq", "seconds_per_epoch", "total_seconds", "search", "path", "settings",
 ]  # fmt: skip
-SEARCHED_LR = "training.lr"  # an outcome, not a setting, when a learning-rate search chose it
+SEARCHED_LR = LR_KEY  # an outcome, not a setting, when a learning-rate search chose it
 BASELINE = "bernoulli"  # the `model` name of the independent-Bernoulli reference row
 MANIFEST = ".compare-files.json"  # in the out dir: what the last `compare` wrote (all it may ever remove)
 SEARCH_COLUMNS = [
@@ -49,7 +50,7 @@ class Report:
     problems: list[str] = field(default_factory=list)  # runs kept out of the table, and why
     other_groups: list[str] = field(default_factory=list)  # finished runs with other settings than the cell's
     searches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEARCH_COLUMNS))  # per search
-    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=stats_compare.COLUMNS))
+    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=stats.COLUMNS))
     curves: dict[tuple[str, str], list[pd.DataFrame]] = field(default_factory=dict)  # main-group metrics
 
 
@@ -67,14 +68,6 @@ def _read(path: Path, reader) -> tuple[Any, str]:
         return None, f"unreadable {path.name} ({type(e).__name__}: {first})"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def lr_from_search(config: dict, summary: dict | None) -> bool:
     """True when the run's learning rate was picked by `gru-bench search` (an outcome, not a setting)."""
     summary = summary or {}
@@ -84,7 +77,7 @@ def lr_from_search(config: dict, summary: dict | None) -> bool:
 def settings(config: dict, searched_lr: bool = False) -> dict[str, Any]:
     """The resolved config minus what may differ between seeds of one experiment (dotted keys, sorted)."""
     drop = NOT_HASHED | ({SEARCHED_LR} if searched_lr else set())
-    return {k: v for k, v in sorted(_flatten(config).items()) if k not in drop}
+    return {k: v for k, v in sorted(flatten(config).items()) if k not in drop}
 
 
 def group_id(s: dict[str, Any]) -> str:
@@ -95,10 +88,9 @@ def _problem(
     run_dir: Path, summary: dict | None, why_summary: str, metrics: pd.DataFrame | None, config: dict | None
 ) -> str:
     """Why a run cannot be averaged into its cell, or "" when it can."""
-    error = run_dir / ERROR_FILE
-    if error.exists() and (summary or {}).get("status") != "complete":
-        last = [line for line in error.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        return f"failed ({ERROR_FILE}: {last[0].strip() if last else 'empty'})"
+    error = last_error(run_dir)
+    if error is not None and (summary or {}).get("status") != "complete":
+        return f"failed ({ERROR_FILE}: {error or 'empty'})"
     if config is None and summary is None:
         return "no config.yaml and no summary.json"
     if summary is None:
@@ -147,7 +139,7 @@ def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
     metrics, _ = _read(run_dir / "metrics.csv", pd.read_csv)
     config = config if isinstance(config, dict) else None
     summ = summary if isinstance(summary, dict) else {}
-    flat = _flatten(config or {})
+    flat = flatten(config or {})
     searched = lr_from_search(config or {}, summ)
     trial = summ.get("search_trial") or {}
     final = summ.get("search") if isinstance(summ.get("search"), dict) else {}  # a run at a searched lr
@@ -412,7 +404,7 @@ def _drop_repeated_seeds(runs: pd.DataFrame) -> None:
 
 
 def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
-    """`stats_compare.pairwise_comparison` of the table's runs (one per dataset, cell and seed) in the paper's
+    """`stats.pairwise_comparison` of the table's runs (one per dataset, cell and seed) in the paper's
     metric; datasets whose table runs predate it are compared frame-weighted (the `metric` column says)."""
     main = runs.loc[runs["main"], ["dataset", "cell", "seed", "test_nll", "test_nll_seq"]]
     parts = []
@@ -421,15 +413,9 @@ def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
         metric = "seq" if seq.notna().all() else "frame"
         d = d.assign(test_nll=seq) if metric == "seq" else d
         parts.append(
-            stats_compare.pairwise_comparison(d[["dataset", "cell", "seed", "test_nll"]]).assign(
-                metric=metric
-            )
+            stats.pairwise_comparison(d[["dataset", "cell", "seed", "test_nll"]]).assign(metric=metric)
         )
-    return (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=[*stats_compare.COLUMNS, "metric"])
-    )
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*stats.COLUMNS, "metric"])
 
 
 def build_report(results_dir: str | Path, configs_dir: str | Path | None = CONFIGS_DIR) -> Report:
@@ -563,7 +549,7 @@ def to_markdown(report: Report, results_dir: Path) -> str:
         "## Files",
         "",
         "- `table2.csv`: this table at full precision; `runs.csv`: every run, its status, problem, group",
-        "- `pairwise.csv`: the model differences at full precision (`stats_compare.COLUMNS`)",
+        "- `pairwise.csv`: the model differences at full precision (`stats.COLUMNS`)",
     ]
     if len(report.searches):
         lines.append("- `searches.csv`: one row per learning-rate search (valid NLL spread, chosen lr)")
@@ -588,7 +574,7 @@ def pairwise_markdown(pw: pd.DataFrame) -> list[str]:
         "Test NLL of model a − model b over the seeds both have (negative: a is better), mean ± std of the "
         "per-seed differences; paired t-test (two-sided). A verdict names a winner only when the gap "
         "exceeds the seed-to-seed spread (the larger of the two models' std over seeds) and p < "
-        f"{stats_compare.ALPHA:g}; see `gru_bench.stats_compare.pairwise_comparison` for the exact rule. "
+        f"{stats.ALPHA:g}; see `gru_bench.report.stats.pairwise_comparison` for the exact rule. "
         "Metric: seq (the paper's) where every table run has it, else frame.",
         "",
         "| dataset | metric | a − b | difference | seeds | seed spread (a, b) | t | p | verdict |",
@@ -652,7 +638,7 @@ def ablation_table(sweep_file: str | Path, baseline: str | None = None) -> pd.Da
     over seeds per dataset and model, in the paper's metric at the best-validation epoch. Rows: dataset,
     cell, variant, metric (valid, test) and `stats_compare.COLUMNS` (a = the variant, b = the baseline).
     Runs that did not finish are left out of the pairs (n_paired says how many seeds remain)."""
-    from gru_bench import sweep as sweeps
+    from gru_bench.experiments import sweep as sweeps
 
     sw = sweeps.load_sweep(sweep_file)
     if not sw.variants:

@@ -34,15 +34,15 @@ from torch import Tensor
 
 import gru_bench
 from gru_bench import data as datasets
-from gru_bench import tblog
-from gru_bench.config import Config, config_hash, dump, load_config, parse_override
+from gru_bench.config import PER_MODEL, Config, config_hash, dump, load_config, parse_override, stack_settings
 from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
 from gru_bench.errors import Interrupted, UserError
 from gru_bench.fsutil import write_text
 from gru_bench.models import StackedModel
-from gru_bench.optim import StackedRMSProp
-from gru_bench.rundir import (
+from gru_bench.models.optim import StackedRMSProp
+from gru_bench.training import tblog
+from gru_bench.training.rundir import (
     default_run_dir,
     load_run,
     model_for,
@@ -54,27 +54,6 @@ from gru_bench.rundir import (
     write_outputs,
 )
 
-# Fields that may differ between the models of one lockstep stack (everything else defines the stack).
-PER_MODEL = {
-    "training.seed",
-    "training.lr",
-    "training.lr_decay",
-    "training.lr_final",
-    "training.momentum",
-    "training.rms_decay",
-    "training.rms_eps",
-    "training.rms_floor",
-    "training.loss",
-    "training.select",
-    "training.eval_train_every",
-    "training.clip_norm",
-    "training.weight_noise",
-    "training.max_epochs",
-    "training.patience",
-    "training.shuffle",
-    "run.name",
-    "run.out_dir",
-}
 STREAMS = ("init", "noise", "shuffle")
 # What `train --resume` may change: the machine, not the experiment (keys config_hash ignores).
 RESUME_KEYS = ("training.device", "training.threads", "training.eval_batch_size", "model.fast")
@@ -250,19 +229,9 @@ def _load_model_state(model: StackedModel, i: int, state: dict[str, Tensor]) -> 
 
 
 def _check_stack(cfgs: list[Config]) -> None:
-    def shared(c: Config) -> dict:
-        d = c.to_dict()
-        return {
-            f"{s}.{k}": v
-            for s, sec in d.items()
-            if isinstance(sec, dict)
-            for k, v in sec.items()
-            if f"{s}.{k}" not in PER_MODEL
-        } | {"dataset": c.dataset}
-
-    ref = shared(cfgs[0])
+    ref = stack_settings(cfgs[0])
     for c in cfgs[1:]:
-        diff = sorted(k for k, v in shared(c).items() if ref.get(k) != v)
+        diff = sorted(k for k, v in stack_settings(c).items() if ref.get(k) != v)
         if diff:
             raise UserError(
                 f"lockstep: {c.source} differs from {cfgs[0].source} in {', '.join(diff)}; "

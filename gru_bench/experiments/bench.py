@@ -24,7 +24,7 @@ from gru_bench.data.registry import N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
 from gru_bench.models import CELLS, IMPLS, StackedModel, build_model, kernels
-from gru_bench.optim import StackedRMSProp
+from gru_bench.models.optim import StackedRMSProp
 from gru_bench.paper import HIDDEN_SIZES
 
 _TORCH_NN = {"tanh": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}

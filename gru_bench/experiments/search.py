@@ -11,7 +11,6 @@ by validation NLL so far go on.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,15 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gru_bench import execute
-from gru_bench.config import NAME
+from gru_bench.config import LR_KEY, NAME, SEED_KEY, override
 from gru_bench.errors import UserError
+from gru_bench.experiments import scheduler
 from gru_bench.fsutil import write_json, write_text
 from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
 from gru_bench.paths import results_dir
+from gru_bench.training import rundir
 
-LR_KEY = "training.lr"
-SEED_KEY = "training.seed"
 CSV_COLUMNS = [
     "trial",
     "lr",
@@ -112,10 +110,10 @@ class SuccessiveHalving:
         for d in self.group:
             rows = alive.get(d)
             if rows is None:  # a trial of this search that stopped earlier (in this process or before)
-                pruned = execute.read_summary(d).get("pruned_epoch")
+                pruned = (rundir.saved_summary(d) or {}).get("pruned_epoch")
                 if pruned is not None and pruned < epoch:
                     continue  # out of the race since an earlier rung
-                rows = _read_metrics(d)
+                rows = rundir.read_metrics(d / "metrics.csv")
             seen = [float(r[self.column]) for r in rows if int(r["epoch"]) <= epoch and r[self.column] != ""]
             scores[d] = min((x for x in seen if math.isfinite(x)), default=math.inf)
         keep = math.ceil(len(scores) / self.rule.eta)
@@ -126,22 +124,6 @@ class SuccessiveHalving:
             for d in alive
             if d in scores and ranked.index(d) >= keep
         }
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    try:
-        with (run_dir / "metrics.csv").open() as f:
-            return list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-
-
-def override(key: str, value: Any) -> str:
-    """`key=value` with the value in YAML, which is how `load_config` reads overrides (1e-05 -> 1.0e-05)."""
-    import yaml
-
-    text = yaml.safe_dump(value, default_flow_style=True).strip()  # a scalar ends "\n..." (document end)
-    return f"{key}={text.removesuffix('...').strip()}"
 
 
 @dataclass
@@ -162,12 +144,12 @@ class Search:
     def folder(self) -> Path:
         return results_dir() / "search" / self.dataset / self.cell / self.name
 
-    def specs(self) -> list[execute.RunSpec]:
+    def specs(self) -> list[scheduler.RunSpec]:
         lrs = sample_lrs(self.trials, self.log_lr_range, self.seed)
         names = [f"{self.name}-lr{lr:.3e}-seed{self.seed}" for lr in lrs]
-        dirs = tuple(execute.run_dir_for(self.dataset, self.cell, n) for n in names)
+        dirs = tuple(rundir.run_dir_for(self.dataset, self.cell, n) for n in names)
         return [
-            execute.RunSpec(
+            scheduler.RunSpec(
                 name=name,
                 config=self.config,
                 overrides=(*self.overrides, override(LR_KEY, lr), override(SEED_KEY, self.seed)),
@@ -184,8 +166,8 @@ class Search:
         rows = []
         for i, spec in enumerate(self.specs()):
             lr = spec.info["search_trial"]["lr"]
-            s = execute.read_summary(spec.run_dir)
-            status = execute.run_state(spec.run_dir)
+            s = rundir.saved_summary(spec.run_dir) or {}
+            status = rundir.run_state(spec.run_dir)
             rows.append(
                 {
                     "trial": i,
@@ -197,10 +179,10 @@ class Search:
                     "epochs": s.get("epochs"),
                     "pruned_epoch": s.get("pruned_epoch"),
                     "run": spec.label,
-                    "error": execute.error_line(spec.run_dir) if status == "failed" else "",
+                    "error": rundir.error_line(spec.run_dir) if status == "failed" else "",
                 }
             )
-        finished = all(r["status"] in execute.FINAL for r in rows)
+        finished = all(r["status"] in rundir.SETTLED for r in rows)
         usable = [r for r in rows if r["status"] == "complete" and _finite(r["best_valid_nll"])]
         chosen = min(usable, key=lambda r: r["best_valid_nll"]) if finished and usable else None
         for r in rows:
@@ -247,7 +229,7 @@ def search(
     backend: str = "local",
     address: str | None = None,
     lockstep: int = LR_SEARCH_TRIALS,
-    runner: execute.Runner = execute.train_task,
+    runner: scheduler.Runner = scheduler.train_task,
     prune: Halving | None = Halving(),
 ) -> dict[str, Any]:
     """Train every trial of a learning-rate search of `config` (finished trials are kept) and record it.
@@ -258,9 +240,9 @@ def search(
     if any(o.partition("=")[0].strip() == LR_KEY for o in overrides):
         raise UserError(f"search: the search chooses {LR_KEY}; leave it out of --set")
     config = Path(config)
-    dataset, cell = execute.dataset_and_cell(config, overrides)
+    dataset, cell = scheduler.dataset_and_cell(config, overrides)
     s = Search(name, config, tuple(overrides), dataset, cell, trials, tuple(log_lr_range), seed, prune)
-    execute.run_specs(
+    scheduler.run_specs(
         s.specs(), workers=workers, backend=backend, address=address, lockstep=lockstep, runner=runner
     )
     return s.write()

@@ -21,7 +21,7 @@ from gru_bench import data
 from gru_bench.data.registry import DATASETS, LOWEST_PITCH, N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
-from gru_bench.rundir import load_run
+from gru_bench.training.rundir import load_run
 
 # Seconds per piano-roll frame at 120 bpm: quarter notes for JSB, eighth notes for the others.
 SECONDS_PER_FRAME = {"quarter120": 0.5, "eighth": 0.25}

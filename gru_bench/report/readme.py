@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gru_bench import report
 from gru_bench.errors import UserError
 from gru_bench.fsutil import write_text
+from gru_bench.report import tables
 
 _MARK = re.compile(r"^<!-- (/?)gru-bench:([\w-]+) -->$", re.M)  # a marker is a line of its own
 _NOTE = "<!-- generated from the committed results by `make report`: do not edit by hand -->"
@@ -37,12 +37,12 @@ def _csv(path: Path) -> pd.DataFrame:
 
 
 def table2(report_dir: Path, bench_csv: Path) -> list[str]:
-    return report.table_markdown(_csv(report_dir / "table2.csv"))
+    return tables.table_markdown(_csv(report_dir / "table2.csv"))
 
 
 def pairwise(report_dir: Path, bench_csv: Path) -> list[str]:
     """table2.md's "Model differences" section without its heading."""
-    lines = report.pairwise_markdown(_csv(report_dir / "pairwise.csv"))
+    lines = tables.pairwise_markdown(_csv(report_dir / "pairwise.csv"))
     if not lines:
         return ["(no pair of models to compare)"]
     heading = next(i for i, line in enumerate(lines) if line.startswith("## "))
@@ -53,7 +53,7 @@ def searches(report_dir: Path, bench_csv: Path) -> list[str]:
     path = report_dir / "searches.csv"
     if not path.exists():  # compare writes it only when there were searches
         return ["- no learning-rate search in these results"]
-    return [f"- {line}" for line in report.search_lines(_csv(path))]
+    return [f"- {line}" for line in tables.search_lines(_csv(path))]
 
 
 def bench(report_dir: Path, bench_csv: Path) -> list[str]:

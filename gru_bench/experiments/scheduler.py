@@ -1,9 +1,9 @@
 """Train many runs: skip finished ones, resume interrupted ones, retry failed ones, on processes or Ray.
 
-The run dir is the only state: `summary.json` with a final status means done, `config.yaml` means started
-(resumed from its last epoch checkpoint, never overwritten), `error.txt` means the last attempt failed (it
-holds the traceback). So a sweep can be stopped and started again at any point, and a failed run is retried
-simply by running the sweep again.
+The run dir is the only state (training.rundir reads it): `summary.json` with a final status means done,
+`config.yaml` means started (resumed from its last epoch checkpoint, never overwritten), `error.txt` means the
+last attempt failed (it holds the traceback). So a sweep can be stopped and started again at any point, and a
+failed run is retried simply by running the sweep again.
 Runs that differ only in per-model scalars (seed, lr, ...) are grouped into one lockstep task so that a
 K-model stack pays the per-op overhead once (training.train_lockstep).
 """
@@ -30,11 +30,22 @@ from typing import Any
 
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
-from gru_bench.fsutil import atomic_write, write_json, write_text
-from gru_bench.paths import data_dir, results_dir
+from gru_bench.fsutil import atomic_write
+from gru_bench.paths import data_dir
+from gru_bench.training.rundir import (
+    ERROR_FILE,
+    RUN_FILES,
+    SETTLED,
+    clear_error,
+    epochs_done,
+    error_line,
+    resumable,
+    run_state,
+    saved_summary,
+    tag_summary,
+    write_error,
+)
 
-FINAL = ("complete", "stopped_nan", "pruned")  # summary.json statuses that re-running cannot change
-ERROR_FILE = "error.txt"
 BACKENDS = ("local", "ray")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -74,61 +85,14 @@ class Outcome:
     summary: dict = field(default_factory=dict)
 
 
-def run_dir_for(dataset: str, cell: str, name: str) -> Path:
-    return results_dir() / "runs" / dataset / cell / name
-
-
-# --- run-dir state ------------------------------------------------------------------------------------------
-
-
-def read_summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def resumable(run_dir: Path) -> bool:
-    """A run dir that training has started (config.yaml written) is continued, never overwritten."""
-    return (run_dir / "config.yaml").exists()
-
-
-def run_state(run_dir: Path) -> str:
-    """complete | stopped_nan (final), failed (error.txt), partial (started: resumable) or new."""
-    status = read_summary(run_dir).get("status")
-    if status in FINAL:
-        return status
-    if (run_dir / ERROR_FILE).exists():
-        return "failed"
-    return "partial" if resumable(run_dir) else "new"
-
-
-def epochs_done(run_dir: Path) -> int:
-    """Epochs a resume starts after (metrics.csv rows beside a last.pt)."""
-    if not (run_dir / "last.pt").exists() or not (run_dir / "metrics.csv").exists():
-        return 0
-    return max(0, len((run_dir / "metrics.csv").read_text().strip().splitlines()) - 1)
-
-
-def error_line(run_dir: Path) -> str:
-    """The last non-empty line of error.txt (the exception message of a traceback; a UserError's alone)."""
-    try:
-        lines = [x for x in (run_dir / ERROR_FILE).read_text().splitlines() if x.strip()]
-    except FileNotFoundError:
-        return ""
-    return lines[-1].strip().removeprefix(f"{UserError.__module__}.UserError: ") if lines else "unknown error"
-
-
 # --- planning -----------------------------------------------------------------------------------------------
 
 
 def lockstep_key(cfg: Any) -> str:
-    """Configs with equal keys can share one stacked model: they differ only in training.PER_MODEL fields."""
-    from gru_bench.training import PER_MODEL
+    """Configs with equal keys can share one stacked model (config.stack_settings)."""
+    from gru_bench.config import stack_settings
 
-    flat = {f"{s}.{k}": v for s, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()}
-    kept = {k: v for k, v in flat.items() if k not in PER_MODEL}
-    return json.dumps({"dataset": cfg.dataset, **kept}, sort_keys=True, default=str)
+    return json.dumps(stack_settings(cfg), sort_keys=True, default=str)
 
 
 def _chunks(items: list, k: int) -> list[list]:
@@ -154,8 +118,8 @@ def plan(
     groups: dict[tuple[str, bool], list[tuple[RunSpec, Any]]] = {}
     for spec, cfg in zip(specs, configs, strict=True):
         state = run_state(spec.run_dir)
-        if state in FINAL:
-            skipped[spec.label] = Outcome("skipped", summary=read_summary(spec.run_dir))
+        if state in SETTLED:
+            skipped[spec.label] = Outcome("skipped", summary=saved_summary(spec.run_dir) or {})
             continue
         if (
             spec.prune
@@ -186,18 +150,18 @@ def train_task(task: Task) -> None:
     """The default runner: one run alone, or a lockstep group, single-threaded (workers run in parallel)."""
     import torch
 
-    from gru_bench import training
+    from gru_bench.training import trainer
 
     torch.set_num_threads(1)
     dirs = [r.run_dir for r in task.runs]
     pruner = None
     if task.runs[0].prune:
-        from gru_bench.search import SuccessiveHalving
+        from gru_bench.experiments.search import SuccessiveHalving
 
         rule, group = task.runs[0].prune
         column = "valid_nll_seq" if task.configs[0].training.select == "seq" else "valid_nll"
         pruner = SuccessiveHalving(rule, group, column)
-    training.train_lockstep(task.configs, dirs, resume=task.resume, quiet=True, pruner=pruner)
+    trainer.train_lockstep(task.configs, dirs, resume=task.resume, quiet=True, pruner=pruner)
 
 
 Runner = Callable[[Task], None]
@@ -211,12 +175,10 @@ def _run_task(runner: Runner, task: Task) -> bool:
         runner(task)
     except Exception:
         for r in task.runs:
-            write_text(r.run_dir / ERROR_FILE, traceback.format_exc())
+            write_error(r.run_dir, traceback.format_exc())
         return False
     for r in task.runs:
-        summary = read_summary(r.run_dir)
-        if summary and r.info:
-            write_json(r.run_dir / "summary.json", {**summary, **r.info})
+        tag_summary(r.run_dir, r.info)
     return True
 
 
@@ -294,10 +256,6 @@ def _stop(procs: list) -> None:
         p.join()
 
 
-# summary.json last: a final status in it means "done", so it must never land before the checkpoints do
-RUN_FILES = ("config.yaml", "metrics.csv", "best.pt", "last.pt", ERROR_FILE, "summary.json")
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_write(path, "wb") as f:
         f.write(data)
@@ -356,12 +314,12 @@ def _ray(tasks: list[Task], workers: int | None, runner: Runner, address: str | 
             task = running.pop(ready[0])
             try:
                 for r, content in zip(task.runs, ray.get(ready[0]), strict=True):
-                    (r.run_dir / ERROR_FILE).unlink(missing_ok=True)
+                    clear_error(r.run_dir)
                     for name, data in content.items():
                         _write_bytes(r.run_dir / name, data)
             except ray.exceptions.RayError as e:
                 for r in task.runs:
-                    write_text(r.run_dir / ERROR_FILE, f"Ray task failed:\n{e}\n")
+                    write_error(r.run_dir, f"Ray task failed:\n{e}\n")
             done(task, None)
     except KeyboardInterrupt:
         for ref in running:
@@ -407,7 +365,7 @@ def run_tasks(
     for task in tasks:
         for r in task.runs:
             r.run_dir.mkdir(parents=True, exist_ok=True)
-            (r.run_dir / ERROR_FILE).unlink(missing_ok=True)  # a new attempt: its own error replaces it
+            clear_error(r.run_dir)
     if backend == "ray":
         _ray(tasks, workers, runner, address, done)
     else:
@@ -416,8 +374,8 @@ def run_tasks(
 
 
 def _outcome(run_dir: Path, exitcode: int | None) -> Outcome:
-    summary = read_summary(run_dir)
-    if summary.get("status") in FINAL:
+    summary = saved_summary(run_dir) or {}
+    if summary.get("status") in SETTLED:
         return Outcome(summary["status"], summary=summary)
     if (run_dir / ERROR_FILE).exists():
         return Outcome("failed", error_line(run_dir))
@@ -428,7 +386,7 @@ def _outcome(run_dir: Path, exitcode: int | None) -> Outcome:
         if exitcode
         else "training returned without a final summary.json"
     )
-    write_text(run_dir / ERROR_FILE, why + " (killed? out of memory?)\n")
+    write_error(run_dir, why + " (killed? out of memory?)\n")
     return Outcome("failed", error_line(run_dir))
 
 
