@@ -330,8 +330,8 @@ def test_off_a_terminal_progress_lines_are_printed_periodically(
 
     from rich.console import Console
 
-    monkeypatch.setattr(execute, "TICK_SECONDS", 0.2)
-    monkeypatch.setattr(execute, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(scheduler, "TICK_SECONDS", 0.2)
+    monkeypatch.setattr(scheduler, "PROGRESS_SECONDS", 0.0)
     path = write_sweep(tmp_path, datasets=["jsb"], models=["gru", "tanh"], seeds=[0], lockstep=1)
     buf = io.StringIO()
     sweep.run_sweep(path, workers=1, runner=fake_runners.slow_train, console=Console(file=buf, width=200))

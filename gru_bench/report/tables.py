@@ -636,7 +636,7 @@ ABLATION_METRICS = {"valid": "valid_nll_seq", "test": "test_nll_seq"}
 def ablation_table(sweep_file: str | Path, baseline: str | None = None) -> pd.DataFrame:
     """Each variant of a sweep with `variants:` against the baseline variant (default: the first), paired
     over seeds per dataset and model, in the paper's metric at the best-validation epoch. Rows: dataset,
-    cell, variant, metric (valid, test) and `stats_compare.COLUMNS` (a = the variant, b = the baseline).
+    cell, variant, metric (valid, test) and `stats.COLUMNS` (a = the variant, b = the baseline).
     Runs that did not finish are left out of the pairs (n_paired says how many seeds remain)."""
     from gru_bench.experiments import sweep as sweeps
 
@@ -667,7 +667,7 @@ def ablation_table(sweep_file: str | Path, baseline: str | None = None) -> pd.Da
         for metric in ABLATION_METRICS:
             df = r.rename(columns={"variant": "cell"})[["dataset", "cell", "seed", metric]]
             for variant in [v for v in sw.variants if v != base]:
-                pair = stats_compare.pairwise_comparison(df[df["cell"].isin([variant, base])], metric)
+                pair = stats.pairwise_comparison(df[df["cell"].isin([variant, base])], metric)
                 pair = pair[(pair["cell_a"] == variant) | (pair["cell_b"] == variant)]
                 if pair.empty:
                     continue
@@ -675,7 +675,7 @@ def ablation_table(sweep_file: str | Path, baseline: str | None = None) -> pd.Da
                 if row["cell_a"] != variant:  # order a = variant, b = baseline
                     row = _swap(row)
                 out.append({"model": cell, "variant": variant, "metric": metric, **row})
-    return pd.DataFrame(out, columns=["model", "variant", "metric", *stats_compare.COLUMNS])
+    return pd.DataFrame(out, columns=["model", "variant", "metric", *stats.COLUMNS])
 
 
 def _swap(row: dict) -> dict:
@@ -684,7 +684,7 @@ def _swap(row: dict) -> dict:
     for x in ("cell", "n", "mean", "std"):
         out[f"{x}_a"], out[f"{x}_b"] = row[f"{x}_b"], row[f"{x}_a"]
     out["mean_diff"], out["t"] = -row["mean_diff"], -row["t"]
-    out["verdict"] = stats_compare.verdict(
+    out["verdict"] = stats.verdict(
         out["cell_a"], out["cell_b"], row["n_paired"], out["mean_diff"], row["p"], row["beyond_spread"]
     )
     return out
