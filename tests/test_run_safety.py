@@ -49,6 +49,18 @@ def test_resume_of_a_finished_run_without_checkpoints_is_refused_and_rebuild_res
     assert (finished / "last.pt").exists() and not (finished / ".rebuild").exists()
 
 
+def test_a_pruned_search_trial_without_checkpoints_is_never_retrained(finished: Path):
+    """Committed search trials have no checkpoints; `--resume` or `--restart` must not start them over."""
+    for f in ("best.pt", "last.pt"):
+        (finished / f).unlink()
+    summary = json.loads((finished / "summary.json").read_text()) | {"status": "pruned", "pruned_epoch": 1}
+    (finished / "summary.json").write_text(json.dumps(summary))
+    before = _files(finished)
+    fails(["train", "--resume", finished], "finished run (pruned)", "never retrained", "pruned search trial")
+    fails(["train", "--resume", finished, "--restart"], "finished run (pruned)")
+    assert _files(finished) == before
+
+
 def test_rebuild_that_does_not_reproduce_the_numbers_changes_nothing(finished: Path):
     (finished / "best.pt").unlink()
     rows = rundir.read_metrics(finished / "metrics.csv")

@@ -8,7 +8,8 @@ replaces what lies between them with text printed from the report's files, so no
     <!-- /gru-bench:table2 -->
 
 Blocks: `table2` (REPORT/table2.csv), `pairwise` (the paired model differences, REPORT/pairwise.csv),
-`searches` (the learning-rate searches, REPORT/searches.csv) and `bench` (training throughput,
+`searches` (the learning-rate searches, REPORT/searches.csv), `ablation` (REPORT/ablation.csv, written by
+`gru-bench ablation configs/sweeps/ablation.yaml`) and `bench` (training throughput,
 RESULTS/bench/bench.csv). A marker is a line of its own (so a mention of one inside a sentence or inline
 code is not a block). Text outside the markers is never changed. Every file is rendered before any is
 written, and each is written atomically, so an error leaves every file as it was.
@@ -56,6 +57,16 @@ def searches(report_dir: Path, bench_csv: Path) -> list[str]:
     return [f"- {line}" for line in tables.search_lines(_csv(path))]
 
 
+def ablation(report_dir: Path, bench_csv: Path) -> list[str]:
+    """The ablation table of `gru-bench ablation` (REPORT/ablation.csv), without its title."""
+    path = report_dir / "ablation.csv"
+    if not path.exists():
+        return ["(no ablation results yet: `gru-bench sweep configs/sweeps/ablation.yaml`, then "
+                "`gru-bench ablation configs/sweeps/ablation.yaml`)"]  # fmt: skip
+    md = tables.ablation_markdown(_csv(path), "ablation.yaml").splitlines()
+    return md[md.index("") + 1 :]
+
+
 def bench(report_dir: Path, bench_csv: Path) -> list[str]:
     """One table per cell and batch size of bench.csv: a row per variant, for each sequence length the
     time steps/s, the ratio to torch.nn and (K-model stacks) to the same variant training K models alone."""
@@ -85,6 +96,7 @@ BLOCKS: dict[str, Callable[[Path, Path], list[str]]] = {
     "table2": table2,
     "pairwise": pairwise,
     "searches": searches,
+    "ablation": ablation,
     "bench": bench,
 }
 

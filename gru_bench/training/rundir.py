@@ -215,13 +215,18 @@ def prepare_dir(run_dir: Path, cfg: Config, resume: bool, restart: bool = False)
     """
     last, summary = run_dir / "last.pt", run_dir / "summary.json"
     status = (saved_summary(run_dir) or {}).get("status")
-    if status in FINAL and (resume or restart) and not last.exists():
+    if status in SETTLED and (resume or restart) and not last.exists():
+        fix = (
+            "a pruned search trial is not rebuilt (its numbers are in metrics.csv)"
+            if status == "pruned"
+            else _REBUILD.format(run_dir=run_dir)
+        )
         raise UserError(
             f"{run_dir} holds a finished run ({status}) without last.pt: never retrained or overwritten; "
-            + _REBUILD.format(run_dir=run_dir)
+            + fix
         )
     if restart:
-        if status in FINAL:
+        if status in SETTLED:
             raise UserError(f"{run_dir} holds a finished run ({status}): --restart never overwrites it")
         return None
     if resume:
