@@ -319,7 +319,7 @@ def test_compare_removes_only_its_own_stale_files(results: Path, tmp_path: Path)
 
 def test_ablation_pairs_each_variant_with_the_baseline_over_seeds(tmp_path: Path, monkeypatch) -> None:
     """`gru-bench ablation`: variant - baseline per seed, in the paper's metric, from the runs' summaries."""
-    from gru_bench.report import ablation_table, write_ablation
+    from gru_bench.report.tables import ablation_table, write_ablation
 
     results = tmp_path / "results"
     monkeypatch.setenv("GRU_BENCH_RESULTS", str(results))

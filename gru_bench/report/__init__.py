@@ -6,6 +6,8 @@ from gru_bench import lazy_exports
 
 _EXPORTS = {
     "Report": "tables",
+    "ablation_table": "tables",
+    "write_ablation": "tables",
     "build_report": "tables",
     "collect_runs": "tables",
     "compare": "tables",
