@@ -225,7 +225,7 @@ def choose_main_groups(runs: pd.DataFrame, configs_dir: Path | None) -> tuple[di
         main[(dataset, cell)] = chosen
         if wanted is not None and not matching:
             others.append(
-                f"{dataset}/{cell}: no run matches {configs_dir / dataset / cell}.yaml; the table shows "
+                f"{dataset}/{cell}: no run matches {configs_dir.name}/{dataset}/{cell}.yaml; the table shows "
                 f"the largest group, {chosen}"
             )
         for g, n in sizes.items():
