@@ -143,12 +143,11 @@ def data_info(
 ) -> None:
     """Per-split statistics of a prepared dataset (or `all` prepared ones) and the independent-Bernoulli
     baseline NLL."""
-    from gru_bench.data import processed_path
-    from gru_bench.data.registry import DATASETS
+    from gru_bench.data import DATASETS, resolve
     from gru_bench.data.stats import info
 
     route = "midi" if from_midi else "reference"
-    names = [n for n in DATASETS if processed_path(n, route).is_file()] if name == "all" else [name]
+    names = [n for n in DATASETS if resolve(n, route).path.is_file()] if name == "all" else [name]
     if not names:
         raise UserError(
             f"data info all: no dataset is prepared ({route} route); run 'gru-bench data prepare all'"

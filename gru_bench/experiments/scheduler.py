@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gru_bench.data.registry import DATASETS
+from gru_bench.data import resolve
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
 from gru_bench.paths import data_dir
@@ -139,7 +139,8 @@ def plan(
 def _cost(task: Task) -> int:
     """Rough work of a task (train frames x epochs): longest first, so no worker idles at the end."""
     cfg = task.configs[0]
-    frames = DATASETS[cfg.dataset].split_frames["train"] if cfg.dataset in DATASETS else 0
+    dataset = resolve(cfg.dataset, cfg.data.route).dataset
+    frames = dataset.split_frames["train"] if dataset else 0  # a user's folder: unknown, last
     return frames * max(c.training.max_epochs for c in task.configs)
 
 

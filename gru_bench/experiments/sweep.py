@@ -28,7 +28,7 @@ from typing import Any
 
 from gru_bench import paper
 from gru_bench.config import LR_KEY, NAME, SEED_KEY, override, read_yaml
-from gru_bench.data import processed_path
+from gru_bench.data import resolve
 from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
 from gru_bench.experiments import scheduler
@@ -286,7 +286,7 @@ def preview(sweep: Sweep | str | Path) -> list[tuple[str, str]]:
     for s in expand(sweep):
         cfg = scheduler.load(s)
         state = rundir.run_state(s.run_dir)
-        prepared = processed_path(cfg.dataset, cfg.data.route).is_file()
+        prepared = resolve(cfg.dataset, cfg.data.route).path.is_file()
         what = {
             "complete": "skip (complete)",
             "stopped_nan": "skip (diverged)",
