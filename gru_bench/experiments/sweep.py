@@ -63,7 +63,7 @@ class Sweep:
     grid: dict[str, list] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides (ablations)
     search: dict[str, Any] | None = None
-    lockstep: int = 3
+    k: int = 3  # the file's `lockstep:`, runs per stacked model
 
 
 def _list(value: Any, where: str, kind: type | None = None) -> list:
@@ -163,9 +163,9 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(
             f"{path}: config {config!r} may use only {{dataset}} and {{model}}, e.g. {Sweep.config}"
         ) from None
-    lockstep = raw.get("lockstep", 3)
-    if not isinstance(lockstep, int) or lockstep < 1:
-        raise UserError(f"{path}: lockstep must be an integer >= 1, got {lockstep!r}")
+    k = raw.get("lockstep", 3)
+    if not isinstance(k, int) or k < 1:
+        raise UserError(f"{path}: lockstep must be an integer >= 1, got {k!r}")
     return Sweep(
         path=path,
         name=name,
@@ -177,7 +177,7 @@ def load_sweep(path: str | Path) -> Sweep:
         grid=grid,
         variants=variants,
         search=search,
-        lockstep=lockstep,
+        k=k,
     )
 
 
@@ -311,7 +311,7 @@ def run_sweep(
     workers: int | None = None,
     backend: str = "local",
     address: str | None = None,
-    lockstep: int | None = None,
+    k: int | None = None,
     runner: scheduler.Runner = scheduler.train_task,
     console: Any = None,
 ) -> SweepResult:
@@ -321,7 +321,7 @@ def run_sweep(
         workers=workers,
         backend=backend,
         address=address,
-        lockstep=sweep.lockstep if lockstep is None else lockstep,
+        k=sweep.k if k is None else k,
         runner=runner,
         console=console,
     )
