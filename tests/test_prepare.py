@@ -220,7 +220,12 @@ def test_user_midi_folder(data_home: Path, shared_datasets: Path, tmp_path: Path
 
 def test_resolve_names_registered_datasets_and_prepared_folders(data_home: Path) -> None:
     jsb = resolve("jsb")  # registered: no file needed, the route defaults to reference
-    assert (jsb.key, jsb.route, jsb.path, jsb.registered) == ("jsb", "reference", processed_path("jsb"), True)
+    assert (jsb.key, jsb.route, jsb.path, jsb.dataset) == (
+        "jsb",
+        "reference",
+        processed_path("jsb"),
+        DATASETS["jsb"],
+    )
     assert jsb.frame_rule == "quarter120"
     by_title = resolve("JSB Chorales", "midi")
     assert (by_title.key, by_title.path) == ("jsb", processed_path("jsb", "midi"))
@@ -229,11 +234,11 @@ def test_resolve_names_registered_datasets_and_prepared_folders(data_home: Path)
     rolls = PianoRolls({"train": [np.zeros((2, 88), bool)]}, meta={"frame_rule": "quarter120"})
     rolls.save(processed_path("mine", "midi"))  # a folder prepared with --from-midi
     mine = resolve("mine")
-    assert (mine.key, mine.route, mine.path, mine.registered) == (
+    assert (mine.key, mine.route, mine.path, mine.dataset) == (
         "mine",
         "midi",
         processed_path("mine", "midi"),
-        False,
+        None,
     )
     assert mine.frame_rule == "quarter120"  # from the prepared file, not the registry
     with pytest.raises(

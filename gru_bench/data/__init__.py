@@ -29,10 +29,6 @@ class Resolved:
     dataset: Dataset | None
 
     @property
-    def registered(self) -> bool:
-        return self.dataset is not None
-
-    @property
     def frame_rule(self) -> str:
         """MIDI <-> piano-roll sampling: the registry's, or the one the folder was prepared with."""
         if self.dataset is not None:
