@@ -63,12 +63,14 @@ def prepare(name: str, from_midi: bool = False, quiet: bool = True) -> Path:
     return _prepare(name, from_midi=from_midi, echo=(lambda _: None) if quiet else print)
 
 
-def load_dataset(name: str, route: str = "reference") -> PianoRolls:
-    """A prepared dataset: `.splits[split]` is a list of (frames, 88) bool arrays, `.names`, `.meta`."""
+def load_dataset(name: str, route: str | None = None) -> PianoRolls:
+    """A prepared dataset: `.splits[split]` is a list of (frames, 88) bool arrays, `.names`, `.meta`.
+
+    `route` None: reference for a registered dataset, the route it was prepared on for a MIDI folder."""
     return data.load(name, route)
 
 
-def describe(name: str, route: str = "reference") -> pd.DataFrame:
+def describe(name: str, route: str | None = None) -> pd.DataFrame:
     """Per-split statistics and the independent-Bernoulli baseline NLL (`gru-bench data info`)."""
     return _describe(data.load(name, route))
 

@@ -143,12 +143,11 @@ def data_info(
 ) -> None:
     """Per-split statistics of a prepared dataset (or `all` prepared ones) and the independent-Bernoulli
     baseline NLL."""
-    from gru_bench.data import processed_path
-    from gru_bench.data.registry import DATASETS
+    from gru_bench.data import DATASETS, resolve
     from gru_bench.data.stats import info
 
     route = "midi" if from_midi else "reference"
-    names = [n for n in DATASETS if processed_path(n, route).is_file()] if name == "all" else [name]
+    names = [n for n in DATASETS if resolve(n, route).path.is_file()] if name == "all" else [name]
     if not names:
         raise UserError(
             f"data info all: no dataset is prepared ({route} route); run 'gru-bench data prepare all'"
@@ -349,7 +348,9 @@ def bench_cmd(
     repeats: int = typer.Option(5, help="Timed updates per setting (the median is reported)."),
     warmup: int = typer.Option(2, help="Untimed updates first (they also compile/load the numba kernels)."),
     threads: int = typer.Option(1, help="torch.set_num_threads during the benchmark."),
-    lockstep_k: int = typer.Option(8, help="Also time stacks of this many models in lockstep (1: off)."),
+    k: int = typer.Option(
+        8, "--lockstep-k", help="Also time stacks of this many models in lockstep (1: off)."
+    ),
     out: Path | None = typer.Option(None, help="CSV to write (default: RESULTS/bench/bench.csv)."),
 ) -> None:
     """Training throughput (time steps/s) of torch.nn vs the paper/fused models, numba kernels off/on."""
@@ -367,7 +368,7 @@ def bench_cmd(
         repeats=repeats,
         warmup=warmup,
         threads=threads,
-        lockstep_k=lockstep_k,
+        lockstep_k=k,
         out=out,
         progress=True,
     )
@@ -398,7 +399,9 @@ def sweep_cmd(
     workers: int | None = _WORKERS,
     backend: str = _BACKEND,
     address: str | None = _ADDRESS,
-    lockstep: int | None = typer.Option(None, help="Runs per stacked model (default: the file's, else 3)."),
+    k: int | None = typer.Option(
+        None, "--lockstep", help="Runs per stacked model (default: the file's, else 3)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and what would happen to each."),
     datasets: str | None = typer.Option(None, help="Only these of the file's datasets, e.g. jsb,piano-midi."),
 ) -> None:
@@ -412,7 +415,7 @@ def sweep_cmd(
         for run, what in sweep.preview(plan):
             typer.echo(f"{run:55s} {what}")
         return
-    result = sweep.run_sweep(plan, workers=workers, backend=backend, address=address, lockstep=lockstep)
+    result = sweep.run_sweep(plan, workers=workers, backend=backend, address=address, k=k)
     for line in result.waiting:
         typer.secho(line, fg=typer.colors.YELLOW, err=True)
     if result.failed:
@@ -453,7 +456,7 @@ def search_cmd(
     workers: int | None = _WORKERS,
     backend: str = _BACKEND,
     address: str | None = _ADDRESS,
-    lockstep: int = typer.Option(LR_SEARCH_TRIALS, help="Trials per stacked model (without pruning)."),
+    k: int = typer.Option(LR_SEARCH_TRIALS, "--lockstep", help="Trials per stacked model (without pruning)."),
     prune: bool = typer.Option(True, help="Successive halving: stop the worse trials at the rung epochs."),
     rungs: str = typer.Option("10,30,90", help="Rung epochs of the pruning."),
     eta: int = typer.Option(3, help="At each rung the best 1/eta of the trials go on."),
@@ -472,7 +475,7 @@ def search_cmd(
         workers=workers,
         backend=backend,
         address=address,
-        lockstep=lockstep,
+        k=k,
         prune=Halving(tuple(parse_ints(rungs, "--rungs")), eta) if prune else None,
     )
     for t in rec["trials"]:

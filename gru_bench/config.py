@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from gru_bench import paper
-from gru_bench.data import ROUTES, processed_path
-from gru_bench.data.registry import DATASETS, get_dataset
+from gru_bench.data import ROUTES, Resolved, resolve
+from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
 from gru_bench.paths import configs_dir
 
@@ -348,15 +348,11 @@ def _build(raw: dict, origin: dict[str, str], source: str, base_hash: str | None
                 raise UserError(f"{origin.get(dotted, source)}: {dotted} must be {allowed}, got {value!r}")
         sections[name] = cls(**values)
     route_from = origin.get("data.route")
-    if (route_from is None or Path(route_from) == CONFIGS_DIR / "defaults.yaml") and _midi_only(
-        raw["dataset"]
-    ):
-        sections["data"].route = "midi"  # a folder prepared with --from-midi trains by its name alone
-    cfg = Config(
-        dataset=_dataset(raw["dataset"], origin.get("dataset", source), sections["data"].route),
-        **sections,
-        source=source,
-    )
+    chosen = route_from is not None and Path(route_from) != CONFIGS_DIR / "defaults.yaml"
+    route = sections["data"].route if chosen else None
+    dataset = _dataset(raw["dataset"], origin.get("dataset", source), route)
+    sections["data"].route = dataset.route  # a folder prepared with --from-midi trains by its name alone
+    cfg = Config(dataset=dataset.key, **sections, source=source)
     if cfg.model.hidden is not None and cfg.model.param_budget is not None:
         raise UserError(
             f"{origin.get('model.param_budget', source)}: set model.hidden or model.param_budget, "
@@ -371,35 +367,10 @@ def _build(raw: dict, origin: dict[str, str], source: str, base_hash: str | None
     return cfg
 
 
-def _midi_only(name: Any) -> bool:
-    """A user's folder prepared only by `data prepare DIR --from-midi` (no reference rolls exist for it)."""
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.+-]+", name) or name.lower() in _KNOWN:
-        return False
-    return processed_path(name, "midi").exists() and not processed_path(name).exists()
-
-
-_KNOWN = {*DATASETS, *(d.title.lower() for d in DATASETS.values())}
-
-
-def _dataset(name: Any, where: str, route: str) -> str:
-    wrong = (
-        f"{where}: dataset must be one of {', '.join(DATASETS)} or the name of a folder prepared with "
-        f"'gru-bench data prepare DIR [--from-midi] --name NAME', got {name!r}"
-    )
-    if not isinstance(name, str) or not name:
-        raise UserError(wrong)
-    try:
-        return get_dataset(name).key
-    except UserError:
-        if re.fullmatch(r"[\w.+-]+", name) and set(name) != {"."} and processed_path(name, route).exists():
-            return name  # a user's prepared MIDI folder
-        other = next((r for r in ROUTES if r != route), route)
-        if re.fullmatch(r"[\w.+-]+", name) and processed_path(name, other).exists():
-            raise UserError(
-                f"{where}: dataset {name} is prepared for data.route {other}, not {route}: "
-                f"set data.route: {other} (--set data.route={other})"
-            ) from None
-        raise UserError(wrong) from None
+def _dataset(name: Any, where: str, route: str | None) -> Resolved:
+    if not isinstance(name, str):
+        raise UserError(f"{where}: dataset must be a name, got {name!r}")
+    return resolve(name, route, where)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -16,7 +16,7 @@ import scipy.io
 from typer.testing import CliRunner
 
 from gru_bench.cli import app
-from gru_bench.data import PianoRolls, processed_path
+from gru_bench.data import PianoRolls, processed_path, resolve
 from gru_bench.data.prepare import prepare
 from gru_bench.data.reference import load_rolls, safe_unpickle
 from gru_bench.data.registry import DATASETS, SPLITS
@@ -216,6 +216,43 @@ def test_user_midi_folder(data_home: Path, shared_datasets: Path, tmp_path: Path
         prepare(str(tmp_path / "missing"), from_midi=True)
     with pytest.raises(UserError, match="--seed: only for MIDI folders"):
         prepare("jsb", seed=1)
+
+
+def test_resolve_names_registered_datasets_and_prepared_folders(data_home: Path) -> None:
+    jsb = resolve("jsb")  # registered: no file needed, the route defaults to reference
+    assert (jsb.key, jsb.route, jsb.path, jsb.dataset) == (
+        "jsb",
+        "reference",
+        processed_path("jsb"),
+        DATASETS["jsb"],
+    )
+    assert jsb.frame_rule == "quarter120"
+    by_title = resolve("JSB Chorales", "midi")
+    assert (by_title.key, by_title.path) == ("jsb", processed_path("jsb", "midi"))
+    assert resolve("nottingham").frame_rule == "eighth"
+
+    rolls = PianoRolls({"train": [np.zeros((2, 88), bool)]}, meta={"frame_rule": "quarter120"})
+    rolls.save(processed_path("mine", "midi"))  # a folder prepared with --from-midi
+    mine = resolve("mine")
+    assert (mine.key, mine.route, mine.path, mine.dataset) == (
+        "mine",
+        "midi",
+        processed_path("mine", "midi"),
+        None,
+    )
+    assert mine.frame_rule == "quarter120"  # from the prepared file, not the registry
+    with pytest.raises(
+        UserError, match=r"^cfg.yaml: dataset mine is prepared for data.route midi, not reference"
+    ):
+        resolve("mine", "reference", where="cfg.yaml")
+    PianoRolls({"train": []}).save(processed_path("mine"))  # both routes: reference by default
+    assert resolve("mine").route == "reference" and resolve("mine").frame_rule == "eighth"
+    assert resolve("mine", "midi").path == processed_path("mine", "midi")
+
+    with pytest.raises(UserError, match=r"^unknown dataset 'nosuch': choose one of jsb, .* --name NAME'$"):
+        resolve("nosuch")
+    with pytest.raises(UserError, match=r"^cfg.yaml: dataset must be one of jsb, .*, got '../mine'$"):
+        resolve("../mine", where="cfg.yaml")  # a path is never a dataset name
 
 
 def test_cli_prepare(data_home: Path, shared_datasets: Path) -> None:

@@ -30,7 +30,7 @@ def test_learning_rates_are_log_uniform_in_range_and_deterministic() -> None:
 
 def test_search_trains_trials_in_lockstep_and_keeps_the_best_finished_one(results: Path) -> None:
     config = CONFIGS_DIR / "jsb" / "gru.yaml"
-    rec = search(config, trials=8, seed=1, workers=2, lockstep=10, runner=fake_train)
+    rec = search(config, trials=8, seed=1, workers=2, k=10, runner=fake_train)
     lrs = sample_lrs(8, seed=1)
     assert any(lr > DIVERGE_ABOVE for lr in lrs) and any(lr <= DIVERGE_ABOVE for lr in lrs)
     finished = [i for i, lr in enumerate(lrs) if lr <= DIVERGE_ABOVE]

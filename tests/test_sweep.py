@@ -97,7 +97,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
     failing = results / "runs" / "jsb" / "lstm" / "t-seed1"
     monkeypatch.setenv(FAIL, "lstm:1")
 
-    first = sweep.run_sweep(path, workers=2, lockstep=1, runner=fake_train)
+    first = sweep.run_sweep(path, workers=2, k=1, runner=fake_train)
     assert set(first.failed) == {"jsb/lstm/t-seed1"}
     assert "RuntimeError: boom in t-seed1" in first.failed["jsb/lstm/t-seed1"]
     assert "boom" in (failing / rundir.ERROR_FILE).read_text()
@@ -110,7 +110,7 @@ def test_rerun_skips_complete_retries_failed_and_resumes_started(
     started = results / "runs" / "jsb" / "gru" / "t-seed0"  # interrupted: has config.yaml, not complete
     (started / "summary.json").write_text(json.dumps({"status": "running"}))
     (results / fake_runners.CALLS).unlink()
-    second = sweep.run_sweep(path, workers=2, lockstep=1, runner=fake_train)
+    second = sweep.run_sweep(path, workers=2, k=1, runner=fake_train)
     assert second.failed == {}
     # the failed run died before training wrote its config.yaml: a fresh start; the started one resumes
     assert {c["runs"][0]: c["resume"] for c in calls(results)} == {
@@ -129,7 +129,7 @@ def test_lockstep_groups_only_compatible_runs_in_chunks(tmp_path: Path, results:
     path = write_sweep(tmp_path, datasets=["jsb"], models=["gru", "tanh"], seeds=[0, 1, 2, 3, 4],
                        grid={"model.impl": ["paper", "fused"]}, lockstep=3)  # fmt: skip
     specs = sweep.expand(path)
-    _, tasks = scheduler.plan(specs, [scheduler.load(s) for s in specs], lockstep=3)
+    _, tasks = scheduler.plan(specs, [scheduler.load(s) for s in specs], k=3)
     assert sorted(len(t.runs) for t in tasks) == [2, 2, 2, 2, 3, 3, 3, 3]  # 4 stacks x 5 seeds -> 3 + 2
     for t in tasks:
         assert len({(c.model.cell, c.model.impl) for c in t.configs}) == 1
@@ -138,7 +138,7 @@ def test_lockstep_groups_only_compatible_runs_in_chunks(tmp_path: Path, results:
 
 def test_a_dying_worker_is_a_failed_run_not_a_dead_sweep(tmp_path: Path, results: Path) -> None:
     path = write_sweep(tmp_path, datasets=["jsb"], models=["gru"], seeds=[0, 1])
-    result = sweep.run_sweep(path, workers=2, lockstep=1, runner=crash_train)
+    result = sweep.run_sweep(path, workers=2, k=1, runner=crash_train)
     assert result.failed == {
         f"jsb/gru/t-seed{s}": "worker exited with code 9 (killed? out of memory?)" for s in (0, 1)
     }
@@ -196,7 +196,7 @@ def test_ray_backend_on_a_local_instance(
     monkeypatch.setenv(FAIL, "gru:1")  # before ray.init: its workers inherit the environment
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = sweep.run_sweep(path, backend="ray", workers=2, lockstep=1, runner=fake_train)
+        result = sweep.run_sweep(path, backend="ray", workers=2, k=1, runner=fake_train)
     finally:
         ray.shutdown()
     runs = results / "runs" / "jsb" / "gru"

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,26 +47,38 @@ class PianoRolls:
 
     @classmethod
     def load(cls, path: str | Path) -> PianoRolls:
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                splits, names = {}, {}
-                for split in [s for s in SPLITS if f"{s}.bits" in z] + sorted(
-                    {k.split(".")[0] for k in z.files if k.endswith(".bits")} - set(SPLITS)
-                ):
-                    frames = np.unpackbits(z[f"{split}.bits"], axis=1, count=N_NOTES).astype(bool)
-                    off = z[f"{split}.offsets"]
-                    splits[split] = [frames[off[i] : off[i + 1]] for i in range(len(off) - 1)]
-                    names[split] = [str(n) for n in z[f"{split}.names"]]
-                meta = json.loads(str(z["meta"]))
-        except FileNotFoundError:
-            raise UserError(f"{path} not found: run 'gru-bench data prepare' first") from None
-        except OSError as e:
-            raise UserError(f"{path} cannot be read ({e.strerror or e})") from None
-        except (ValueError, KeyError, EOFError, zipfile.BadZipFile):  # truncated, damaged or foreign
-            msg = f"{path} is not a gru-bench piano-roll file: delete it and re-run 'gru-bench data prepare'"
-            raise UserError(msg) from None
+        splits, names = {}, {}
+        with _open(Path(path)) as z:
+            for split in [s for s in SPLITS if f"{s}.bits" in z] + sorted(
+                {k.split(".")[0] for k in z.files if k.endswith(".bits")} - set(SPLITS)
+            ):
+                frames = np.unpackbits(z[f"{split}.bits"], axis=1, count=N_NOTES).astype(bool)
+                off = z[f"{split}.offsets"]
+                splits[split] = [frames[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+                names[split] = [str(n) for n in z[f"{split}.names"]]
+            meta = json.loads(str(z["meta"]))
         return cls(splits=splits, names=names, meta=meta)
+
+    @staticmethod
+    def read_meta(path: str | Path) -> dict:
+        """Only the `meta` of a piano-roll file (the rolls stay unread)."""
+        with _open(Path(path)) as z:
+            return json.loads(str(z["meta"]))
 
     def frames(self, split: str) -> int:
         return sum(len(s) for s in self.splits[split])
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Any]:
+    """A piano-roll `.npz` opened for reading; any failure, while opening or reading, is a UserError."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            yield z
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run 'gru-bench data prepare' first") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror or e})") from None
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile):  # truncated, damaged or foreign
+        msg = f"{path} is not a gru-bench piano-roll file: delete it and re-run 'gru-bench data prepare'"
+        raise UserError(msg) from None

@@ -16,7 +16,7 @@ from pathlib import Path
 from gru_bench.data import processed_path
 from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.reference import load_rolls, provenance
-from gru_bench.data.registry import DATASETS, Dataset, get_dataset
+from gru_bench.data.registry import Dataset, find_dataset, get_dataset
 from gru_bench.errors import UserError
 from gru_bench.paths import raw_dir
 
@@ -116,7 +116,7 @@ def prepare_folder(
     name = name or folder.resolve().name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it becomes a file name)")
-    if name.lower() in {*DATASETS, *(d.title.lower() for d in DATASETS.values())}:
+    if find_dataset(name) is not None:
         raise UserError(f"--name {name!r} is a built-in dataset; pick another name for your folder")
     rolls = _midi_rolls(
         lambda: midi.rolls_from_folder(folder, frame, valid_ratio, test_ratio, seed, transpose), echo

@@ -162,13 +162,18 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def get_dataset(name: str) -> Dataset:
-    """Look a dataset up by key or title, case-insensitively."""
+def find_dataset(name: str) -> Dataset | None:
+    """The dataset whose key or title is `name` (any case), else None."""
     wanted = name.strip().lower()
-    for d in DATASETS.values():
-        if wanted in (d.key, d.title.lower()):
-            return d
-    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} (or 'all')")
+    return next((d for d in DATASETS.values() if wanted in (d.key, d.title.lower())), None)
+
+
+def get_dataset(name: str) -> Dataset:
+    """Look a dataset up by key or title, case-insensitively; UserError listing the datasets if unknown."""
+    dataset = find_dataset(name)
+    if dataset is None:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} (or 'all')")
+    return dataset
 
 
 def resolve_names(name: str) -> list[Dataset]:

@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from gru_bench.data import load, processed_path
+from gru_bench.data import load
 from gru_bench.data.pianoroll import PianoRolls
-from gru_bench.data.registry import LOWEST_PITCH, N_NOTES, get_dataset
-from gru_bench.errors import UserError
+from gru_bench.data.registry import LOWEST_PITCH, N_NOTES
 
 
 def _stack(seqs: list[np.ndarray], skip_first: bool = False) -> np.ndarray:
@@ -128,11 +127,5 @@ def info_table(rolls: PianoRolls) -> Table:
 
 
 def info(name: str, from_midi: bool = False) -> Table:
-    """The info table of a prepared dataset; a user folder's name always means its MIDI route."""
-    try:
-        key, route = get_dataset(name).key, "midi" if from_midi else "reference"
-    except UserError as e:
-        key, route = name, "midi"
-        if not processed_path(name, route).is_file():
-            raise UserError(f"{e}, or the name of a folder prepared with --from-midi") from None
-    return info_table(load(key, route))
+    """The info table of a prepared dataset; a user folder's name means the route it was prepared on."""
+    return info_table(load(name, "midi" if from_midi else None))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gru_bench.data.registry import DATASETS
+from gru_bench.data import resolve
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
 from gru_bench.paths import data_dir
@@ -107,13 +107,11 @@ def _chunks(items: list, k: int) -> list[list]:
     return out
 
 
-def plan(
-    specs: list[RunSpec], configs: list[Any], lockstep: int = 3
-) -> tuple[dict[str, Outcome], list[Task]]:
-    """Skip finished runs; group the rest into tasks of at most `lockstep` runs that can share a stack,
-    longest tasks first."""
-    if lockstep < 1:
-        raise UserError(f"--lockstep {lockstep}: must be at least 1 (1 trains every run alone)")
+def plan(specs: list[RunSpec], configs: list[Any], k: int = 3) -> tuple[dict[str, Outcome], list[Task]]:
+    """Skip finished runs; group the rest into tasks of at most `k` runs that can share a stack (`k`
+    models in lockstep), longest tasks first."""
+    if k < 1:
+        raise UserError(f"--lockstep {k}: must be at least 1 (1 trains every run alone)")
     skipped: dict[str, Outcome] = {}
     groups: dict[tuple[str, bool], list[tuple[RunSpec, Any]]] = {}
     for spec, cfg in zip(specs, configs, strict=True):
@@ -121,16 +119,14 @@ def plan(
         if state in SETTLED:
             skipped[spec.label] = Outcome("skipped", summary=saved_summary(spec.run_dir) or {})
             continue
-        if (
-            spec.prune
-        ):  # the trials of a pruned search compete at each rung: one stack, whatever lockstep says
+        if spec.prune:  # the trials of a pruned search compete at each rung: one stack, whatever k says
             key = "prune:" + str(spec.prune[1][0])
         else:
-            key = lockstep_key(cfg) if lockstep > 1 else spec.label
+            key = lockstep_key(cfg) if k > 1 else spec.label
         groups.setdefault((key, resumable(spec.run_dir)), []).append((spec, cfg))
     tasks = []
     for (key, resume), members in groups.items():
-        size = len(members) if key.startswith("prune:") else lockstep
+        size = len(members) if key.startswith("prune:") else k
         for chunk in _chunks(members, size):
             tasks.append(Task([s for s, _ in chunk], [c for _, c in chunk], resume=resume))
     return skipped, sorted(tasks, key=_cost, reverse=True)
@@ -139,7 +135,8 @@ def plan(
 def _cost(task: Task) -> int:
     """Rough work of a task (train frames x epochs): longest first, so no worker idles at the end."""
     cfg = task.configs[0]
-    frames = DATASETS[cfg.dataset].split_frames["train"] if cfg.dataset in DATASETS else 0
+    dataset = resolve(cfg.dataset, cfg.data.route).dataset
+    frames = dataset.split_frames["train"] if dataset else 0  # a user's folder: unknown, last
     return frames * max(c.training.max_epochs for c in task.configs)
 
 
@@ -469,7 +466,7 @@ def run_specs(
     workers: int | None = None,
     backend: str = "local",
     address: str | None = None,
-    lockstep: int = 3,
+    k: int = 3,
     runner: Runner = train_task,
     console: Any = None,
 ) -> dict[str, Outcome]:
@@ -485,7 +482,7 @@ def run_specs(
         raise UserError(
             f"two runs share the run dir runs/{sorted(dup)[0]}: give them different names or grid values"
         )
-    skipped, tasks = plan(specs, [load(s) for s in specs], lockstep)
+    skipped, tasks = plan(specs, [load(s) for s in specs], k)
     n = sum(len(t.runs) for t in tasks)
     if skipped:
         console.print(f"{len(skipped)} run(s) already finished: skipped")

@@ -228,13 +228,13 @@ def search(
     workers: int | None = None,
     backend: str = "local",
     address: str | None = None,
-    lockstep: int = LR_SEARCH_TRIALS,
+    k: int = LR_SEARCH_TRIALS,
     runner: scheduler.Runner = scheduler.train_task,
     prune: Halving | None = Halving(),
 ) -> dict[str, Any]:
     """Train every trial of a learning-rate search of `config` (finished trials are kept) and record it.
 
-    With `prune` (successive halving) all trials train as one stack whatever `lockstep` says."""
+    `k` trials train in lockstep (one stack); with `prune` (successive halving) all of them, whatever `k`."""
     if not NAME[0](name):
         raise UserError(f"--name {name!r} names run dirs: use {NAME[1]}")
     if any(o.partition("=")[0].strip() == LR_KEY for o in overrides):
@@ -242,7 +242,5 @@ def search(
     config = Path(config)
     dataset, cell = scheduler.dataset_and_cell(config, overrides)
     s = Search(name, config, tuple(overrides), dataset, cell, trials, tuple(log_lr_range), seed, prune)
-    scheduler.run_specs(
-        s.specs(), workers=workers, backend=backend, address=address, lockstep=lockstep, runner=runner
-    )
+    scheduler.run_specs(s.specs(), workers=workers, backend=backend, address=address, k=k, runner=runner)
     return s.write()

@@ -28,7 +28,7 @@ from typing import Any
 
 from gru_bench import paper
 from gru_bench.config import LR_KEY, NAME, SEED_KEY, override, read_yaml
-from gru_bench.data import processed_path
+from gru_bench.data import resolve
 from gru_bench.data.registry import resolve_names
 from gru_bench.errors import UserError
 from gru_bench.experiments import scheduler
@@ -63,7 +63,7 @@ class Sweep:
     grid: dict[str, list] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides (ablations)
     search: dict[str, Any] | None = None
-    lockstep: int = 3
+    k: int = 3  # the file's `lockstep:`, runs per stacked model
 
 
 def _list(value: Any, where: str, kind: type | None = None) -> list:
@@ -163,9 +163,9 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(
             f"{path}: config {config!r} may use only {{dataset}} and {{model}}, e.g. {Sweep.config}"
         ) from None
-    lockstep = raw.get("lockstep", 3)
-    if not isinstance(lockstep, int) or lockstep < 1:
-        raise UserError(f"{path}: lockstep must be an integer >= 1, got {lockstep!r}")
+    k = raw.get("lockstep", 3)
+    if not isinstance(k, int) or k < 1:
+        raise UserError(f"{path}: lockstep must be an integer >= 1, got {k!r}")
     return Sweep(
         path=path,
         name=name,
@@ -177,7 +177,7 @@ def load_sweep(path: str | Path) -> Sweep:
         grid=grid,
         variants=variants,
         search=search,
-        lockstep=lockstep,
+        k=k,
     )
 
 
@@ -286,7 +286,7 @@ def preview(sweep: Sweep | str | Path) -> list[tuple[str, str]]:
     for s in expand(sweep):
         cfg = scheduler.load(s)
         state = rundir.run_state(s.run_dir)
-        prepared = processed_path(cfg.dataset, cfg.data.route).is_file()
+        prepared = resolve(cfg.dataset, cfg.data.route).path.is_file()
         what = {
             "complete": "skip (complete)",
             "stopped_nan": "skip (diverged)",
@@ -311,7 +311,7 @@ def run_sweep(
     workers: int | None = None,
     backend: str = "local",
     address: str | None = None,
-    lockstep: int | None = None,
+    k: int | None = None,
     runner: scheduler.Runner = scheduler.train_task,
     console: Any = None,
 ) -> SweepResult:
@@ -321,7 +321,7 @@ def run_sweep(
         workers=workers,
         backend=backend,
         address=address,
-        lockstep=sweep.lockstep if lockstep is None else lockstep,
+        k=sweep.k if k is None else k,
         runner=runner,
         console=console,
     )

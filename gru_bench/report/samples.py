@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gru_bench import data
-from gru_bench.data.registry import DATASETS, LOWEST_PITCH, N_NOTES
+from gru_bench.data.registry import LOWEST_PITCH, N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
 from gru_bench.training.rundir import load_run
@@ -136,13 +136,6 @@ def plot_roll(roll: np.ndarray, path: Path, primer: int = 0, title: str = "") ->
     plt.close(fig)
 
 
-def frame_rule(dataset: str, rolls: data.PianoRolls | None = None) -> str:
-    """The registry's rule for the four datasets; a user folder's prepared meta says its own."""
-    if dataset in DATASETS:
-        return DATASETS[dataset].frame_rule
-    return (rolls.meta if rolls is not None else {}).get("frame_rule", "eighth")
-
-
 def sample(
     run_dir: str | Path,
     steps: int = 200,
@@ -157,11 +150,12 @@ def sample(
     if steps < 1 or primer < 0:
         raise UserError(f"--steps {steps} / --primer {primer}: steps must be >= 1 and primer >= 0")
     model, cfg = load_run(run_dir, which)
-    rolls = data.load(cfg.dataset, cfg.data.route) if primer or cfg.dataset not in DATASETS else None
+    dataset = data.resolve(cfg.dataset, cfg.data.route)
+    rolls = data.load(cfg.dataset, cfg.data.route) if primer else None
     start, source = pick_primer(rolls, primer, seed) if primer else (None, "")
     roll = generate(model, steps, temperature, start, seed, quiet)
     out = Path(out)
-    pm = roll_to_midi(roll, SECONDS_PER_FRAME[frame_rule(cfg.dataset, rolls)])
+    pm = roll_to_midi(roll, SECONDS_PER_FRAME[dataset.frame_rule])
     with atomic_write(out) as f:
         pm.write(f)
     title = f"{cfg.dataset} {cfg.model.cell}, T={temperature:g}, seed {seed}" + (
