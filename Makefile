@@ -52,8 +52,10 @@ reproduce-quick: data
 report: venv
 	$(GB) compare results --out results/report
 
+# The JAX peer's rows need the extra: make bench EXTRAS=dev,ray,jax (without it they are skipped with a note).
 bench: venv
-	$(GB) bench --out results/bench/bench.csv
+	$(GB) bench --hidden 46,128,256,512 --out results/bench/bench.csv
+	$(GB) bench --dataset jsb --out results/bench/epoch_jsb.csv
 
 # Removes only what can be rebuilt without a download or a training run.
 clean:

@@ -610,6 +610,7 @@ def plot(df: pd.DataFrame, stem: Path) -> list[Path]:
             ax.plot(g.hidden, g.steps_per_s, marker="o", label=" ".join(name))
         ax.set(title=f"batch {b}, {t} steps", xlabel="hidden units", xscale="log", yscale="log")
         ax.set_xticks(sorted(set(sub.hidden)), [str(h) for h in sorted(set(sub.hidden))])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
     axes[0, 0].set_ylabel("time steps / s (1 thread)")
     axes[0, -1].legend(fontsize=7)
     return save(fig, stem)
