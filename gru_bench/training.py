@@ -423,7 +423,8 @@ class Trainer:
         self.fast = None  # the compiled update where the kernels run (see update)
         if FAST_UPDATE and FastUpdate.possible(self.model, self.opt):
             per_frame = [t.loss == "mean" for t in tc]
-            self.fast = FastUpdate(self.model, self.opt, self.noisy, per_frame, MAX_GRAD_NORM)
+            threads = tc[0].threads or 1  # the stack's models split over this many threads
+            self.fast = FastUpdate(self.model, self.opt, self.noisy, per_frame, MAX_GRAD_NORM, threads)
         for i, (run, state) in enumerate(zip(self.runs, states, strict=True)):
             if state is not None:
                 _load_model_state(self.model, i, state["model"])

@@ -56,13 +56,16 @@ def _trainer(tmp_path: Path, name: str, fast: bool, k: int, cell: str, impl: str
         ("lstm", "fused", 1, ["training.clip=grad"]),
         ("tanh", "fused", 3, ["training.clip_velocity=true", "training.rms_eps=1e-6"]),
         ("gru", "paper", 3, ["training.clip=none", "training.batch_size=3"]),
+        ("gru", "paper", 3, ["training.threads=2"]),  # models 0-1 and 2 in two threads at once
+        ("lstm", "fused", 3, ["training.threads=3"]),
     ],
 )
 def test_compiled_update_equals_the_autograd_path(
     tmp_path: Path, jsb_data: Path, monkeypatch: pytest.MonkeyPatch, cell: str, impl: str, k: int, extra
 ):
     """N updates on real JSB sequences (each model its own order, one stopping half-way): equal weights,
-    optimizer state, losses, gradient norms and generator states."""
+    optimizer state, losses, gradient norms and generator states; with training.threads > 1 the stack's
+    models are updated by several threads at once."""
     fast = _trainer(tmp_path, "fast", True, k, cell, impl, extra)
     monkeypatch.setattr(training, "FAST_UPDATE", False)
     slow = _trainer(tmp_path, "slow", False, k, cell, impl, extra)

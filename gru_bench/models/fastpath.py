@@ -15,6 +15,7 @@ values) and added inside the call, to copies: the clean weights are never touche
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -138,54 +139,70 @@ def _transpose(a, out):
 
 
 @_jit
-def _update(kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, steps, flags, hyper, w, n, v):
+def _update(
+    kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, steps, flags, hyper, w, n, v, lo, hi
+):
     """One update of every active model; see the module docstring and Trainer.update (the same steps).
 
     kind: index into KINDS; fused: torch.nn's parameter layout (w_ih, w_hh, b_ih, b_hh, V, c), else the
     paper's (W, U, b, peep or (K, 0), V, c); w: those six (K, m) parameter views. flags rows: active,
     per_frame (in); loss_ok, grad_ok, step (out). hyper rows: lr, mu, rho, 1 - rho, eps, floor, limit,
-    noise std of U and of W (0: none). f64: per-sequence NLL sums (K, B), gradient norms (K,), lanes."""
-    K, B = steps.shape
-    active, per_frame, loss_ok, grad_ok, step = flags[0], flags[1], flags[2], flags[3], flags[4]
-    x, xp, hs, dlog = _v4(seq, lay, X), _v4(seq, lay, XP), _v4(seq, lay, HS), _v4(seq, lay, DLOG)
-    dhs = _v4(seq, lay, DHS)
-    s0, s1, s2, s3 = _v4(seq, lay, S0), _v4(seq, lay, S1), _v4(seq, lay, S2), _v4(seq, lay, S3)
-    logits, dxp = _v4(seq, lay, LOGITS), _v4(seq, lay, DXP)
-    Wk, Uk, UTk, VTk = _v3(fixed, lay, WK), _v3(fixed, lay, UK), _v3(fixed, lay, UT), _v3(fixed, lay, VT)
+    noise std of U and of W (0: none). f64: per-sequence NLL sums (K, B), gradient norms (K,), LANES lanes
+    per model. Only models lo..hi-1 are touched (each model's arithmetic is its own: two threads may update
+    disjoint ranges at once)."""
+    Kall, B = steps.shape
+    steps = steps[lo:hi]
+    K = hi - lo
+    active, per_frame, loss_ok = flags[0][lo:hi], flags[1][lo:hi], flags[2][lo:hi]
+    grad_ok, step = flags[3][lo:hi], flags[4][lo:hi]
+    x, xp, hs = _v4(seq, lay, X)[lo:hi], _v4(seq, lay, XP)[lo:hi], _v4(seq, lay, HS)[lo:hi]
+    dlog, dhs = _v4(seq, lay, DLOG)[lo:hi], _v4(seq, lay, DHS)[lo:hi]
+    s0, s1, s2, s3 = (
+        _v4(seq, lay, S0)[lo:hi],
+        _v4(seq, lay, S1)[lo:hi],
+        _v4(seq, lay, S2)[lo:hi],
+        _v4(seq, lay, S3)[lo:hi],
+    )
+    logits, dxp = _v4(seq, lay, LOGITS)[lo:hi], _v4(seq, lay, DXP)[lo:hi]
+    Wk, Uk = _v3(fixed, lay, WK)[lo:hi], _v3(fixed, lay, UK)[lo:hi]
+    UTk, VTk = _v3(fixed, lay, UT)[lo:hi], _v3(fixed, lay, VT)[lo:hi]
     n_in, H, GH = Wk.shape[1], Uk.shape[1], Uk.shape[2]
-    sums = f64[: K * B].reshape((K, B))
-    gnorm, acc = f64[K * B : K * B + K], f64[K * B + K :]
-    std_u, std_w = hyper[7], hyper[8]
+    sums = f64[: Kall * B].reshape((Kall, B))[lo:hi]
+    gnorm = f64[Kall * B + lo : Kall * B + hi]
+    acc = f64[Kall * (B + 1) + lo * LANES : Kall * (B + 1) + (lo + 1) * LANES]
+    std_u, std_w = hyper[7][lo:hi], hyper[8][lo:hi]
+    w = (w[0][lo:hi], w[1][lo:hi], w[2][lo:hi], w[3][lo:hi], w[4][lo:hi], w[5][lo:hi])
+    n, v = n[lo:hi], v[lo:hi]
 
     # the weights the forward runs with: noisy copies, re-laid out for the kernels in the fused layout
     V = w[4].reshape((K, H, n_in))
     _transpose(V, VTk)
     if fused:
         w_hh = w[1].reshape((K, GH, H))
-        _noisy(w[0].reshape((K, GH, n_in)), _v2(fixed, lay, NOISE_W), std_w, Wk, True)
-        _noisy(w_hh, _v2(fixed, lay, NOISE_U), std_u, UTk, False)  # noisy w_hh is U transposed
+        _noisy(w[0].reshape((K, GH, n_in)), _v2(fixed, lay, NOISE_W)[lo:hi], std_w, Wk, True)
+        _noisy(w_hh, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, UTk, False)  # noisy w_hh is U transposed
         _transpose(UTk, Uk)
-        Wx, Ux, bx = Wk, Uk, _v2(fixed, lay, BK)
+        Wx, Ux, bx = Wk, Uk, _v2(fixed, lay, BK)[lo:hi]
         b_ih, b_hh = w[2], w[3]
         for k in range(K):  # b_ih + b_hh, the cuDNN GRU's b_hn kept apart (stacked._kernel_forward)
             for j in range(GH):
                 bx[k, j] = b_ih[k, j] + (b_hh[k, j] if kind != 2 or j < 2 * H else np.float32(0.0))
-        peep = _v3(fixed, lay, PK)
+        peep = _v3(fixed, lay, PK)[lo:hi]
         peep[:] = 0
-        bhn = _v2(fixed, lay, BHN)
+        bhn = _v2(fixed, lay, BHN)[lo:hi]
         if kind == 2:
             bhn[:] = b_hh[:, 2 * H :]
     else:
         Wx, Ux, bx = w[0].reshape((K, n_in, GH)), w[1].reshape((K, H, GH)), w[2]
         if noise_w:
-            _noisy(Wx, _v2(fixed, lay, NOISE_W), std_w, Wk, False)
+            _noisy(Wx, _v2(fixed, lay, NOISE_W)[lo:hi], std_w, Wk, False)
             Wx = Wk
         if np.any(std_u != 0):
-            _noisy(Ux, _v2(fixed, lay, NOISE_U), std_u, Uk, False)
+            _noisy(Ux, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, Uk, False)
             Ux = Uk
         _transpose(Ux, UTk)
-        peep = w[3].reshape((K, 3, H)) if kind == 3 else _v3(fixed, lay, PK)
-        bhn = _v2(fixed, lay, BHN)
+        peep = w[3].reshape((K, 3, H)) if kind == 3 else _v3(fixed, lay, PK)[lo:hi]
+        bhn = _v2(fixed, lay, BHN)[lo:hi]
 
     # forward, loss (kernels._NextFrame.forward with nll=True)
     kn._project(x, Wx, bx, xp, steps)
@@ -216,8 +233,9 @@ def _update(kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, 
                     dlog[k, s, t] *= scale
 
     # backward (kernels._NextFrame.backward)
-    dW, db, dU, dV = _v3(fixed, lay, DW), _v2(fixed, lay, DB), _v3(fixed, lay, DU), _v3(fixed, lay, DV)
-    dc, dpeep, dbhn = _v2(fixed, lay, DC), _v3(fixed, lay, DPEEP), _v2(fixed, lay, DBHN)
+    dW, db = _v3(fixed, lay, DW)[lo:hi], _v2(fixed, lay, DB)[lo:hi]
+    dU, dV = _v3(fixed, lay, DU)[lo:hi], _v3(fixed, lay, DV)[lo:hi]
+    dc, dpeep, dbhn = _v2(fixed, lay, DC)[lo:hi], _v3(fixed, lay, DPEEP)[lo:hi], _v2(fixed, lay, DBHN)[lo:hi]
     for a in (dW, dU, dV, dpeep):
         a[:] = 0
     for a in (db, dc, dbhn):
@@ -235,7 +253,8 @@ def _update(kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, 
 
     # the parameters' gradients in their order and layout (autograd's transposes and slice sums)
     if fused:
-        gw_ih, gw_hh, gb_hh = _v3(fixed, lay, GW_IH), _v3(fixed, lay, GW_HH), _v2(fixed, lay, GB_HH)
+        gw_ih, gw_hh = _v3(fixed, lay, GW_IH)[lo:hi], _v3(fixed, lay, GW_HH)[lo:hi]
+        gb_hh = _v2(fixed, lay, GB_HH)[lo:hi]
         _transpose(dW, gw_ih)
         _transpose(dU, gw_hh)
         if kind == 2:  # two slices of b_hh: autograd adds each one's zero-padded gradient
@@ -256,7 +275,8 @@ def _update(kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, 
     for k in range(K):
         grad_ok[k] = np.isfinite(gnorm[k]) and gnorm[k] < max_norm
         step[k] = active[k] and loss_ok[k] and grad_ok[k]
-    lr, mu, rho, omr, eps, floor, limit = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5], hyper[6]
+    lr, mu, rho, omr = hyper[0][lo:hi], hyper[1][lo:hi], hyper[2][lo:hi], hyper[3][lo:hi]
+    eps, floor, limit = hyper[4][lo:hi], hyper[5][lo:hi], hyper[6][lo:hi]
     _rmsprop(grads, w, n, v, step, lr, mu, rho, omr, eps, floor, limit, gnorm, clip, keep_v, acc)
 
 
@@ -281,9 +301,12 @@ class FastUpdate:
         noisy: Sequence[Tensor],
         per_frame: Sequence[bool],
         max_grad_norm: float,
+        threads: int = 1,
     ):
         """noisy: the weights that get weight noise (recurrent first, then input: `Trainer.noisy`);
-        per_frame: per model, training.loss == "mean"; max_grad_norm: a larger gradient norm skips a step."""
+        per_frame: per model, training.loss == "mean"; max_grad_norm: a larger gradient norm skips a step;
+        threads > 1: the models of the stack are split into that many contiguous groups updated at once (the
+        driver releases the GIL; every model's arithmetic is its own, so the numbers do not change)."""
         if not self.possible(model, opt):
             raise ValueError("the compiled update needs numba, CPU float32 parameters and a numba optimizer")
         self.model, self.opt, self.k, self.max_norm = model, opt, model.k, float(max_grad_norm)
@@ -308,6 +331,9 @@ class FastUpdate:
         self.flags = np.zeros((5, self.k), np.bool_)
         self.flags[1] = list(per_frame)
         self._cap = (0, 0)
+        groups = np.array_split(np.arange(self.k), max(1, min(threads, self.k)))
+        self.groups = [(int(g[0]), int(g[-1]) + 1) for g in groups]
+        self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
         self._weights()
         self._grow(1, 2)
         self._attach_grads()
@@ -337,7 +363,7 @@ class FastUpdate:
         off, *dims = lay_seq[0]
         self.x = self.seq[off : off + int(np.prod(dims))].reshape(dims)
         self.steps = np.zeros((self.k, b), np.int64)
-        self.f64 = np.zeros(self.k * b + self.k + LANES)
+        self.f64 = np.zeros(self.k * (b + 1 + LANES))
         self._cap = (b, t)
 
     def _attach_grads(self) -> None:
@@ -387,12 +413,8 @@ class FastUpdate:
                     torch.randn(buf.shape[1:], generator=generators[i], out=buf[i])
                     self.hyper[row, i] = std
         opt = self.opt
-        _update(
-            KINDS.index(self.kind),
-            self.fused,
-            self.noise_w,
-            opt._clip_code,
-            not opt.clip_velocity,
+        args = (KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
+        args += (
             self.max_norm,
             self.fixed,
             self.seq,
@@ -402,9 +424,15 @@ class FastUpdate:
             self.flags,
             self.hyper,
             self.w,
-            opt._np_n,
-            opt._np_v,
         )
+        args += (opt._np_n, opt._np_v)
+        if self.pool is None:
+            _update(*args, 0, self.k)
+        else:
+            others = [self.pool.submit(_update, *args, lo, hi) for lo, hi in self.groups[1:]]
+            _update(*args, *self.groups[0])
+            for f in others:
+                f.result()
         _mark_modified(self.params)
         k, b = self.k, self._cap[0]
         return self.flags[2].tolist(), self.flags[3].tolist(), self.f64[k * b : k * b + k].tolist()
