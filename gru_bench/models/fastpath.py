@@ -331,6 +331,7 @@ class FastUpdate:
         self.flags = np.zeros((5, self.k), np.bool_)
         self.flags[1] = list(per_frame)
         self._cap = (0, 0)
+        self._last: list = [None, None, True]  # active, lr, noise set in the last call
         groups = np.array_split(np.arange(self.k), max(1, min(threads, self.k)))
         self.groups = [(int(g[0]), int(g[-1]) + 1) for g in groups]
         self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
@@ -350,6 +351,16 @@ class FastUpdate:
             ps.insert(3, np.zeros((self.k, 0), np.float32))
         self.w = tuple(ps)
         self._ptrs = [p.data_ptr() for p in self.params]
+        self._bind()
+
+    def _bind(self) -> None:
+        """The driver's arguments but the model range (built again when a buffer or a view changes)."""
+        opt = self.opt
+        if not hasattr(self, "seq"):
+            return
+        self._args = (KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
+        self._args += (self.max_norm, self.fixed, self.seq, self.lay, self.f64, self.steps, self.flags)
+        self._args += (self.hyper, self.w, opt._np_n, opt._np_v)
 
     def _grow(self, b: int, t: int) -> None:
         """(Re)allocate the batch-sized arena for b sequences of up to t frames (t rounded up to 64)."""
@@ -365,6 +376,7 @@ class FastUpdate:
         self.steps = np.zeros((self.k, b), np.int64)
         self.f64 = np.zeros(self.k * (b + 1 + LANES))
         self._cap = (b, t)
+        self._bind()
 
     def _attach_grads(self) -> None:
         """p.grad: views of the gradients the update computes (what the autograd path leaves there)."""
@@ -404,28 +416,20 @@ class FastUpdate:
                 n = s.shape[0]
                 x[k, i, :n] = s.numpy()
                 steps[k, i] = n - 1
-        self.flags[0] = active
-        self.hyper[0] = lr
-        self.hyper[7:] = 0
+        if active != self._last[0]:  # numpy assignments cost ~1 us each: only on a change
+            self.flags[0] = self._last[0] = list(active)
+        if lr != self._last[1]:
+            self.hyper[0] = self._last[1] = list(lr)
+        if self._last[2]:
+            self.hyper[7:] = 0
+        self._last[2] = False
         for row, buf in zip((7, 8) if self.noise_w else (7,), self.noise, strict=False):
             for i, (on, std) in enumerate(zip(active, noise_std, strict=False)):
                 if on and std > 0:  # as training._add_noise draws it: U for every model, then W
                     torch.randn(buf.shape[1:], generator=generators[i], out=buf[i])
                     self.hyper[row, i] = std
-        opt = self.opt
-        args = (KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
-        args += (
-            self.max_norm,
-            self.fixed,
-            self.seq,
-            self.lay,
-            self.f64,
-            steps,
-            self.flags,
-            self.hyper,
-            self.w,
-        )
-        args += (opt._np_n, opt._np_v)
+                    self._last[2] = True
+        args = self._args
         if self.pool is None:
             _update(*args, 0, self.k)
         else:
@@ -435,4 +439,5 @@ class FastUpdate:
                 f.result()
         _mark_modified(self.params)
         k, b = self.k, self._cap[0]
-        return self.flags[2].tolist(), self.flags[3].tolist(), self.f64[k * b : k * b + k].tolist()
+        loss_ok, grad_ok = self.flags[2:4].tolist()
+        return loss_ok, grad_ok, self.f64[k * b : k * b + k].tolist()
