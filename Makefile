@@ -56,8 +56,10 @@ reproduce-quick: data
 report: venv
 	$(GB) compare results --out results/report $(README_FLAGS)
 
+# The JAX peer's rows need the extra: make bench EXTRAS=dev,ray,jax (without it they are skipped with a note).
 bench: venv
-	$(GB) bench --out results/bench/bench.csv
+	$(GB) bench --hidden 46,128,256,512 --out results/bench/bench.csv
+	$(GB) bench --dataset jsb --out results/bench/epoch_jsb.csv
 
 # One sample per run (MIDI, piano roll, WAV, mp3/ogg) into results/samples/<dataset>-<cell>-<run>.*, e.g.
 #   make samples RUNS="results/runs/jsb/tanh/seed0 results/runs/jsb/lstm/seed0 results/runs/jsb/gru/seed0"

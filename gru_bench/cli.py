@@ -341,24 +341,46 @@ def sample_cmd(
 @app.command("bench")
 @friendly
 def bench_cmd(
-    cells: str = typer.Option("tanh,lstm,gru", help="Comma-separated cells."),
+    cells: str = typer.Option("gru", help="Comma-separated cells (tanh, lstm, gru)."),
     impls: str = typer.Option("paper,fused", help="Comma-separated implementations (paper, fused)."),
     batch_sizes: str = typer.Option("1,8,32", help="Comma-separated batch sizes."),
-    lengths: str = typer.Option("50,250", help="Comma-separated sequence lengths (time steps per update)."),
-    repeats: int = typer.Option(5, help="Timed updates per setting (the median is reported)."),
-    warmup: int = typer.Option(2, help="Untimed updates first (they also compile/load the numba kernels)."),
+    lengths: str = typer.Option("60,250", help="Comma-separated sequence lengths (time steps per update)."),
+    hidden: str = typer.Option(
+        "", help="Comma-separated hidden sizes, e.g. 46,128,256,512 (default: paper's)."
+    ),
+    fast: str = typer.Option("on", help="Our update with the numba kernels (on) and/or pure torch (off)."),
+    jax: bool = typer.Option(True, "--jax/--no-jax", help="Time the JAX peer (GRU) when JAX is installed."),
+    dataset: str | None = typer.Option(
+        None,
+        help="Time whole epochs of this dataset at batch 1 instead (e.g. jsb; weight noise, evaluation).",
+    ),
+    repeats: int = typer.Option(
+        5, help="Timed updates (epochs with --dataset) per setting; medians reported."
+    ),
+    warmup: int = typer.Option(
+        2, help="Untimed updates first (they also compile the numba kernels and jit)."
+    ),
     threads: int = typer.Option(1, help="torch.set_num_threads during the benchmark."),
     k: int = typer.Option(
-        8, "--lockstep-k", help="Also time stacks of this many models in lockstep (1: off)."
+        1, "--lockstep-k", help="Also time stacks of this many models in lockstep (1: off)."
     ),
-    out: Path | None = typer.Option(None, help="CSV to write (default: RESULTS/bench/bench.csv)."),
+    out: Path | None = typer.Option(
+        None, help="CSV to write (default: RESULTS/bench/bench.csv, or RESULTS/bench/epoch_<dataset>.csv)."
+    ),
+    figure: bool = typer.Option(True, help="Also plot the grid (the CSV's name, .png and .svg)."),
 ) -> None:
-    """Training throughput (time steps/s) of torch.nn vs the paper/fused models, numba kernels off/on."""
-
+    """Training speed of our update against torch.nn and JAX, interleaved; shares of the matmul peak."""
     from gru_bench.config import parse_ints
-    from gru_bench.experiments.bench import run_bench, table
+    from gru_bench.experiments.bench import epoch_table, plot, run_bench, run_epoch_bench, table
     from gru_bench.paths import results_dir
 
+    if dataset:
+        out = out or results_dir() / "bench" / f"epoch_{dataset}.csv"
+        hs = parse_ints(hidden, "--hidden") if hidden else [46]
+        df = run_epoch_bench(dataset, repeats, hs[0], threads=threads, jax=jax, out=out)
+        console().print(epoch_table(df))
+        typer.echo(f"wrote {out}")
+        return
     out = out or results_dir() / "bench" / "bench.csv"
     df = run_bench(
         cells.split(","),
@@ -371,8 +393,13 @@ def bench_cmd(
         lockstep_k=k,
         out=out,
         progress=True,
+        hidden=parse_ints(hidden, "--hidden") if hidden else (),
+        fast=fast.split(","),
+        jax=jax,
     )
     console().print(table(df))
+    if figure:
+        plot(df, out.with_suffix(""))
     typer.echo(f"wrote {out}")
 
 

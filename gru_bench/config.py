@@ -97,7 +97,7 @@ class ModelConfig:
 class TrainingConfig:
     seed: int = _f(1, SEED)
     device: str = _f("auto", _one_of(DEVICES))  # auto: cuda when available
-    threads: int | None = _f(1, _opt(POS_INT))  # CPU threads for torch (null: torch's default); see training
+    threads: int | None = _f(1, _opt(POS_INT))  # CPU threads for torch and the compiled update; see training
     batch_size: int = _f(1, POS_INT)  # sequences per update (1: the paper, whole sequence per update)
     eval_batch_size: int = _f(64, POS_INT)  # padded sequences per evaluation batch (speed only)
     max_epochs: int = _f(500, POS_INT)

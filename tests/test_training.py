@@ -484,6 +484,7 @@ def test_updates_pass_each_models_lengths_and_skip_stopped_models(
             seen.append(lengths.clone())
         return real_nll(self, x, lengths)
 
+    monkeypatch.setattr(trainer, "FAST_UPDATE", False)  # these watch the autograd path's StackedModel.nll
     monkeypatch.setattr(StackedModel, "nll", record)
     cfgs = [
         _cfg(tmp_path, "training.max_epochs=1"),
@@ -510,6 +511,7 @@ def test_nan_stops_the_run_and_keeps_the_best_model(tmp_path: Path, tiny_jsb: Pa
                 return out * float("nan")
         return out
 
+    monkeypatch.setattr(trainer, "FAST_UPDATE", False)  # these watch the autograd path's StackedModel.nll
     monkeypatch.setattr(StackedModel, "nll", diverge_in_epoch_2)
     summary = train(_cfg(tmp_path), tmp_path / "nan", quiet=True)
     assert summary["status"] == "stopped_nan" and "non-finite" in summary["message"]
@@ -534,6 +536,7 @@ def test_non_finite_gradient_skips_the_update_but_a_finite_loss_keeps_training(
                 out.register_hook(lambda g: g * scale)
         return out
 
+    monkeypatch.setattr(trainer, "FAST_UPDATE", False)  # these watch the autograd path's StackedModel.nll
     monkeypatch.setattr(StackedModel, "nll", blow_up_model_1_once)
     cfgs = [
         _cfg(tmp_path, "training.max_epochs=1"),

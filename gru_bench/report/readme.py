@@ -68,28 +68,11 @@ def ablation(report_dir: Path, bench_csv: Path) -> list[str]:
 
 
 def bench(report_dir: Path, bench_csv: Path) -> list[str]:
-    """One table per cell and batch size of bench.csv: a row per variant, for each sequence length the
-    time steps/s, the ratio to torch.nn and (K-model stacks) to the same variant training K models alone."""
-    df = _csv(bench_csv)
-    out: list[str] = []
-    for (cell, batch, hidden, threads), g in df.groupby(["cell", "batch", "hidden", "threads"], sort=False):
-        lengths = list(dict.fromkeys(g["length"]))
-        head = f"| {cell}, batch {batch}, {hidden} units, {threads} thread{'s' * (threads != 1)} |"
-        head += "".join(f" {n} steps: steps/s | × torch.nn | × K=1 |" for n in lengths)
-        rows = [head, "|---|" + "---:|---:|---:|" * len(lengths)]
-        for variant, v in g.groupby("variant", sort=False):
-            cells = ""
-            for n in lengths:
-                r = v[v["length"] == n]
-                if r.empty:
-                    cells += " | | |"
-                    continue
-                r = r.iloc[0]
-                single = f"{r.vs_single:.2f}" if r.k > 1 else ""
-                cells += f" {r.steps_per_s:,.0f} | {r.vs_torch_nn:.2f} | {single} |"
-            rows.append(f"| {variant} |{cells}")
-        out += ([""] if out else []) + rows
-    return out
+    """The speed tables of `gru-bench bench` (RESULTS/bench/bench.csv and, beside it, epoch_jsb.csv)."""
+    from gru_bench.experiments.bench import readme_table
+
+    _csv(bench_csv)  # a one-line error if it is missing
+    return readme_table(bench_csv, bench_csv.parent / "epoch_jsb.csv").rstrip("\n").splitlines()
 
 
 BLOCKS: dict[str, Callable[[Path, Path], list[str]]] = {

@@ -40,6 +40,7 @@ from gru_bench.data.stats import bernoulli_baseline
 from gru_bench.errors import Interrupted, UserError
 from gru_bench.fsutil import write_text
 from gru_bench.models import StackedModel
+from gru_bench.models.fastpath import FastUpdate
 from gru_bench.models.optim import StackedRMSProp
 from gru_bench.training import tblog
 from gru_bench.training.rundir import (
@@ -55,6 +56,8 @@ from gru_bench.training.rundir import (
 )
 
 STREAMS = ("init", "noise", "shuffle")
+# False: every update takes the autograd path, also where the compiled one could run (tests, comparisons)
+FAST_UPDATE = True
 # What `train --resume` may change: the machine, not the experiment (keys config_hash ignores).
 RESUME_KEYS = ("training.device", "training.threads", "training.eval_batch_size", "model.fast")
 
@@ -399,6 +402,11 @@ class Trainer:
         )
         noisy = self.model.layer_weights() if tc[0].noise_on == "input_recurrent" else []
         self.noisy = self.model.recurrent_weights() + noisy  # U first: U-only runs draw the same noise
+        self.fast = None  # the compiled update where the kernels run (see update)
+        if FAST_UPDATE and FastUpdate.possible(self.model, self.opt):
+            per_frame = [t.loss == "mean" for t in tc]
+            threads = tc[0].threads or 1  # the stack's models split over this many threads
+            self.fast = FastUpdate(self.model, self.opt, self.noisy, per_frame, MAX_GRAD_NORM, threads)
         for i, (run, state) in enumerate(zip(self.runs, states, strict=True)):
             if state is not None:
                 _load_model_state(self.model, i, state["model"])
@@ -466,9 +474,42 @@ class Trainer:
         A model whose loss is not finite stops (`stopped_nan`); one whose loss is finite but whose gradient
         is not (BPTT through thousands of steps can overflow float32) skips this update only, counted in
         `skipped_updates`: RMSProp would otherwise divide inf by inf, or freeze a weight whose g^2 overflowed.
+        On the CPU kernels the whole update is one compiled call (models/fastpath.py, the same numbers).
         """
-        runs, model = self.runs, self.model
+        runs = self.runs
         active = [r.active for r in runs]
+        lrs = [lr_at(r.cfg, r.epoch) for r in runs]
+        if self.fast is not None:
+            std = [r.cfg.training.weight_noise for r in runs]
+            loss_ok, grad_ok, gnorm = self.fast(batch, lrs, active, std, [r.gens["noise"] for r in runs])
+        else:
+            loss_ok, grad_ok, gnorm = self._gradients(batch, active)
+        step = list(active)
+        for i, run in enumerate(runs):
+            if not active[i]:
+                continue
+            if not loss_ok[i]:
+                run.status, step[i] = "stopped_nan", False
+                run.message = (
+                    f"non-finite loss in epoch {run.epoch}, update {run.epoch_updates + 1}; "
+                    f"kept the best model (epoch {run.best_epoch})"
+                )
+                self.console.print(f"[red]{run.dir}: {run.message}")
+            elif not grad_ok[i]:
+                step[i] = False
+                run.skipped += 1
+        if self.fast is None:
+            self.opt.step(lrs, step, torch.tensor(gnorm, dtype=torch.float64))
+        for run, a, g in zip(runs, step, gnorm, strict=True):
+            if a:
+                run.updates += 1
+                run.epoch_updates += 1
+                run.grad_sum += g
+
+    def _gradients(self, batch: list[list[Tensor] | None], active: list[bool]) -> tuple[list, list, list]:
+        """The autograd path (CUDA, float64, no numba): gradients at the noisy weights, clean weights back;
+        per model whether the loss is finite, whether the gradient norm is, and that norm."""
+        runs, model = self.runs, self.model
         x, _, lengths = pad(batch, self.device)  # a stopped model has no sequences: length 0, no compute
         clean = _add_noise(self.noisy, runs, [r.cfg.training.weight_noise for r in runs], self.device)
         seq_nll = model.nll(x, lengths)  # (K, B) float64
@@ -484,26 +525,7 @@ class Trainer:
         gnorm = self.opt.grad_norms()
         loss_ok = torch.isfinite(seq_nll.sum(1)).tolist()
         grad_ok = (torch.isfinite(gnorm) & (gnorm < MAX_GRAD_NORM)).tolist()
-        step = list(active)
-        for i, run in enumerate(runs):
-            if not active[i]:
-                continue
-            if not loss_ok[i]:
-                run.status, step[i] = "stopped_nan", False
-                run.message = (
-                    f"non-finite loss in epoch {run.epoch}, update {run.epoch_updates + 1}; "
-                    f"kept the best model (epoch {run.best_epoch})"
-                )
-                self.console.print(f"[red]{run.dir}: {run.message}")
-            elif not grad_ok[i]:
-                step[i] = False
-                run.skipped += 1
-        self.opt.step([lr_at(r.cfg, r.epoch) for r in runs], step, gnorm)
-        for run, a, g in zip(runs, step, gnorm.tolist(), strict=True):
-            if a:
-                run.updates += 1
-                run.epoch_updates += 1
-                run.grad_sum += g
+        return loss_ok, grad_ok, gnorm.tolist()
 
     def end_epoch(self, trained: list[bool], seconds: float) -> None:
         """Evaluate, record, select, early-stop, prune and checkpoint every model that trained this epoch.

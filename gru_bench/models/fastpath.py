@@ -1,0 +1,443 @@
+"""One training update as one compiled call: weight noise, forward, loss, backward, norms, RMSProp step.
+
+The autograd path of an update (`Trainer.update`) costs ~0.3 ms besides the arithmetic at batch 1: the
+autograd graph, private copies of every weight, fresh gradient arrays, ~15 torch ops around the loss, two
+optimizer calls. Here one @njit driver runs the very same numba kernels (kernels.py) and optimizer passes
+(optim.py) in the same order over buffers allocated once, so the numbers are bit for bit those of the
+autograd path (tests/test_fastpath.py checks weights, optimizer state and losses over real updates).
+
+The buffers live in three flat arenas (float32: weight-sized; float32 and float64: batch-sized) carved into
+views inside the driver: numba unboxes each array argument for ~0.4 us, and an update needs ~40 of them.
+Weight noise is still drawn by torch from each model's generator (into a preallocated buffer, the same
+values) and added inside the call, to copies: the clean weights are never touched before the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gru_bench.models import kernels as kn
+from gru_bench.models.cells import GATES
+from gru_bench.models.optim import LANES, StackedRMSProp, _grad_norms, _mark_modified, _rmsprop
+
+_jit = kn._jit
+KINDS = ("tanh", "gru", "gru_cudnn", "lstm")
+
+# views of the weight-sized arena: kernel-layout weights the forward runs with, noise, kernel-layout
+# gradients, and the fused model's gradients in torch.nn's layout
+FIXED = ("Wk", "Uk", "UT", "VT", "bk", "bhn", "pk", "noise_u", "noise_w", "dW", "db", "dU", "dV", "dc")
+FIXED += ("dpeep", "dbhn", "gw_ih", "gw_hh", "gb_hh")
+# views of the batch-sized arena; s0..s3: what the recurrence keeps for its backward (see kernels._buffers)
+SEQ = ("x", "xp", "hs", "s0", "s1", "s2", "s3", "logits", "dlog", "dhs", "dxp")
+(WK, UK, UT, VT, BK, BHN, PK, NOISE_U, NOISE_W, DW, DB, DU, DV, DC, DPEEP, DBHN, GW_IH, GW_HH, GB_HH) = range(
+    len(FIXED)
+)
+X, XP, HS, S0, S1, S2, S3, LOGITS, DLOG, DHS, DXP = range(len(FIXED), len(FIXED) + len(SEQ))
+
+
+def _shapes(kind: str, fused: bool, k: int, b: int, t: int, n_in: int, h: int) -> dict[str, tuple[int, ...]]:
+    """Every view's shape ((0,) where a kind or layout does not use it)."""
+    gh = GATES["gru" if kind == "gru_cudnn" else kind] * h
+    none = (0,)
+    state = {"tanh": [], "gru": [h] * 3, "gru_cudnn": [h] * 4, "lstm": [h, gh, h]}[kind]
+    return {
+        "Wk": (k, n_in, gh),
+        "Uk": (k, h, gh),
+        "UT": (k, gh, h),
+        "VT": (k, n_in, h),
+        "bk": (k, gh) if fused else none,
+        "bhn": (k, h) if kind == "gru_cudnn" else none,
+        "pk": (k, 3, h) if kind == "lstm" else none,
+        "noise_u": (k, h * gh),
+        "noise_w": (k, n_in * gh),
+        "dW": (k, n_in, gh),
+        "db": (k, gh),
+        "dU": (k, h, gh),
+        "dV": (k, h, n_in),
+        "dc": (k, n_in),
+        "dpeep": (k, 3, h) if kind == "lstm" else none,
+        "dbhn": (k, h) if kind == "gru_cudnn" else none,
+        "gw_ih": (k, gh, n_in) if fused else none,
+        "gw_hh": (k, gh, h) if fused else none,
+        "gb_hh": (k, gh) if kind == "gru_cudnn" else none,
+        "x": (k, b, t, n_in),
+        "xp": (k, b, t, gh),
+        "hs": (k, b, t, h),
+        **{f"s{i}": (k, b, t, state[i]) if i < len(state) else none for i in range(4)},
+        "logits": (k, b, t, n_in),
+        "dlog": (k, b, t, n_in),
+        "dhs": (k, b, t, h),
+        "dxp": (k, b, t, gh),
+    }
+
+
+def _layout(names: Sequence[str], shapes: dict[str, tuple[int, ...]]) -> tuple[np.ndarray, int]:
+    """Rows [offset, d0, d1, d2, d3] (dims padded with 1) of consecutive views, and the arena's size."""
+    rows, off = [], 0
+    for name in names:
+        shape = shapes[name]
+        rows.append([off, *shape, *[1] * (4 - len(shape))])
+        off += int(np.prod(shape))
+    return np.array(rows, np.int64).reshape(-1, 5), off
+
+
+@_jit
+def _v(arena, lay, i):
+    return arena[lay[i, 0] : lay[i, 0] + lay[i, 1] * lay[i, 2] * lay[i, 3] * lay[i, 4]]
+
+
+@_jit
+def _v2(arena, lay, i):
+    return _v(arena, lay, i).reshape((lay[i, 1], lay[i, 2] * lay[i, 3] * lay[i, 4]))
+
+
+@_jit
+def _v3(arena, lay, i):
+    return _v(arena, lay, i).reshape((lay[i, 1], lay[i, 2], lay[i, 3] * lay[i, 4]))
+
+
+@_jit
+def _v4(arena, lay, i):
+    return _v(arena, lay, i).reshape((lay[i, 1], lay[i, 2], lay[i, 3], lay[i, 4]))
+
+
+@_jit
+def _noisy(w, noise, std, out, transpose):
+    """out[k] = w[k] + noise[k] * std[k] (torch's `w.add_(randn * std)`), w[k] itself where std[k] == 0;
+    transposed (last two dims) if asked."""
+    K, m, n = w.shape
+    for k in range(K):
+        s = std[k]
+        wk, zk, ok = w[k], noise[k].reshape((m, n)) if s != 0 else w[k], out[k]
+        if transpose and s != 0:
+            for i in range(m):
+                for j in range(n):
+                    ok[j, i] = wk[i, j] + zk[i, j] * s
+        elif transpose:
+            for i in range(m):
+                for j in range(n):
+                    ok[j, i] = wk[i, j]
+        elif s != 0:
+            for i in range(m):
+                for j in range(n):
+                    ok[i, j] = wk[i, j] + zk[i, j] * s
+        else:
+            ok[:] = wk
+
+
+@_jit
+def _transpose(a, out):
+    for k in range(a.shape[0]):
+        for i in range(a.shape[1]):
+            for j in range(a.shape[2]):
+                out[k, j, i] = a[k, i, j]
+
+
+@_jit
+def _update(
+    kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, steps, flags, hyper, w, n, v, lo, hi
+):
+    """One update of every active model; see the module docstring and Trainer.update (the same steps).
+
+    kind: index into KINDS; fused: torch.nn's parameter layout (w_ih, w_hh, b_ih, b_hh, V, c), else the
+    paper's (W, U, b, peep or (K, 0), V, c); w: those six (K, m) parameter views. flags rows: active,
+    per_frame (in); loss_ok, grad_ok, step (out). hyper rows: lr, mu, rho, 1 - rho, eps, floor, limit,
+    noise std of U and of W (0: none). f64: per-sequence NLL sums (K, B), gradient norms (K,), LANES lanes
+    per model. Only models lo..hi-1 are touched (each model's arithmetic is its own: two threads may update
+    disjoint ranges at once)."""
+    Kall, B = steps.shape
+    steps = steps[lo:hi]
+    K = hi - lo
+    active, per_frame, loss_ok = flags[0][lo:hi], flags[1][lo:hi], flags[2][lo:hi]
+    grad_ok, step = flags[3][lo:hi], flags[4][lo:hi]
+    x, xp, hs = _v4(seq, lay, X)[lo:hi], _v4(seq, lay, XP)[lo:hi], _v4(seq, lay, HS)[lo:hi]
+    dlog, dhs = _v4(seq, lay, DLOG)[lo:hi], _v4(seq, lay, DHS)[lo:hi]
+    s0, s1, s2, s3 = (
+        _v4(seq, lay, S0)[lo:hi],
+        _v4(seq, lay, S1)[lo:hi],
+        _v4(seq, lay, S2)[lo:hi],
+        _v4(seq, lay, S3)[lo:hi],
+    )
+    logits, dxp = _v4(seq, lay, LOGITS)[lo:hi], _v4(seq, lay, DXP)[lo:hi]
+    Wk, Uk = _v3(fixed, lay, WK)[lo:hi], _v3(fixed, lay, UK)[lo:hi]
+    UTk, VTk = _v3(fixed, lay, UT)[lo:hi], _v3(fixed, lay, VT)[lo:hi]
+    n_in, H, GH = Wk.shape[1], Uk.shape[1], Uk.shape[2]
+    sums = f64[: Kall * B].reshape((Kall, B))[lo:hi]
+    gnorm = f64[Kall * B + lo : Kall * B + hi]
+    acc = f64[Kall * (B + 1) + lo * LANES : Kall * (B + 1) + (lo + 1) * LANES]
+    std_u, std_w = hyper[7][lo:hi], hyper[8][lo:hi]
+    w = (w[0][lo:hi], w[1][lo:hi], w[2][lo:hi], w[3][lo:hi], w[4][lo:hi], w[5][lo:hi])
+    n, v = n[lo:hi], v[lo:hi]
+
+    # the weights the forward runs with: noisy copies, re-laid out for the kernels in the fused layout
+    V = w[4].reshape((K, H, n_in))
+    _transpose(V, VTk)
+    if fused:
+        w_hh = w[1].reshape((K, GH, H))
+        _noisy(w[0].reshape((K, GH, n_in)), _v2(fixed, lay, NOISE_W)[lo:hi], std_w, Wk, True)
+        _noisy(w_hh, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, UTk, False)  # noisy w_hh is U transposed
+        _transpose(UTk, Uk)
+        Wx, Ux, bx = Wk, Uk, _v2(fixed, lay, BK)[lo:hi]
+        b_ih, b_hh = w[2], w[3]
+        for k in range(K):  # b_ih + b_hh, the cuDNN GRU's b_hn kept apart (stacked._kernel_forward)
+            for j in range(GH):
+                bx[k, j] = b_ih[k, j] + (b_hh[k, j] if kind != 2 or j < 2 * H else np.float32(0.0))
+        peep = _v3(fixed, lay, PK)[lo:hi]
+        peep[:] = 0
+        bhn = _v2(fixed, lay, BHN)[lo:hi]
+        if kind == 2:
+            bhn[:] = b_hh[:, 2 * H :]
+    else:
+        Wx, Ux, bx = w[0].reshape((K, n_in, GH)), w[1].reshape((K, H, GH)), w[2]
+        if noise_w:
+            _noisy(Wx, _v2(fixed, lay, NOISE_W)[lo:hi], std_w, Wk, False)
+            Wx = Wk
+        if np.any(std_u != 0):
+            _noisy(Ux, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, Uk, False)
+            Ux = Uk
+        _transpose(Ux, UTk)
+        peep = w[3].reshape((K, 3, H)) if kind == 3 else _v3(fixed, lay, PK)[lo:hi]
+        bhn = _v2(fixed, lay, BHN)[lo:hi]
+
+    # forward, loss (kernels._NextFrame.forward with nll=True)
+    kn._project(x, Wx, bx, xp, steps)
+    if kind == 0:
+        kn._tanh_fwd(xp, Ux, hs, steps)
+    elif kind == 1:
+        kn._gru_fwd(xp, Ux, hs, s0, s1, s2, steps)
+    elif kind == 2:
+        kn._gru_cudnn_fwd(xp, Ux, bhn, hs, s0, s1, s2, s3, steps)
+    else:
+        kn._lstm_fwd(xp, Ux, peep, hs, s0, s1, s2, steps)
+    kn._readout(hs, V, w[5], logits, steps)
+    kn._nll(logits, x, steps, sums, dlog)
+
+    # d loss / d logits: each model's sum over sequences, per frame (training.loss mean) or not, as float32
+    for k in range(K):
+        total, frames = 0.0, 0
+        for s in range(B):
+            total += sums[k, s]
+            frames += steps[k, s]
+        loss_ok[k] = np.isfinite(total)
+        scale = np.float32(1.0 / max(frames, 1)) if per_frame[k] else np.float32(1.0)
+        if not active[k]:
+            scale = np.float32(0.0)
+        if scale != 1:
+            for s in range(B):
+                for t in range(steps[k, s]):
+                    dlog[k, s, t] *= scale
+
+    # backward (kernels._NextFrame.backward)
+    dW, db = _v3(fixed, lay, DW)[lo:hi], _v2(fixed, lay, DB)[lo:hi]
+    dU, dV = _v3(fixed, lay, DU)[lo:hi], _v3(fixed, lay, DV)[lo:hi]
+    dc, dpeep, dbhn = _v2(fixed, lay, DC)[lo:hi], _v3(fixed, lay, DPEEP)[lo:hi], _v2(fixed, lay, DBHN)[lo:hi]
+    for a in (dW, dU, dV, dpeep):
+        a[:] = 0
+    for a in (db, dc, dbhn):
+        a[:] = 0
+    kn._readout_grad(dlog, hs, VTk, dhs, dV, dc, steps)
+    if kind == 0:
+        kn._tanh_bwd(dhs, UTk, hs, dxp, dU, steps)
+    elif kind == 1:
+        kn._gru_bwd(dhs, UTk, hs, s0, s1, s2, dxp, dU, steps)
+    elif kind == 2:
+        kn._gru_cudnn_bwd(dhs, UTk, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
+    else:
+        kn._lstm_bwd(dhs, UTk, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
+    kn._project_grad(x, dxp, dW, db, steps)
+
+    # the parameters' gradients in their order and layout (autograd's transposes and slice sums)
+    if fused:
+        gw_ih, gw_hh = _v3(fixed, lay, GW_IH)[lo:hi], _v3(fixed, lay, GW_HH)[lo:hi]
+        gb_hh = _v2(fixed, lay, GB_HH)[lo:hi]
+        _transpose(dW, gw_ih)
+        _transpose(dU, gw_hh)
+        if kind == 2:  # two slices of b_hh: autograd adds each one's zero-padded gradient
+            for k in range(K):
+                for j in range(GH):
+                    gb_hh[k, j] = (
+                        db[k, j] + np.float32(0.0) if j < 2 * H else np.float32(0.0) + dbhn[k, j - 2 * H]
+                    )
+        else:
+            gb_hh = db
+        grads = (gw_ih.reshape((K, -1)), gw_hh.reshape((K, -1)), db, gb_hh, dV.reshape((K, -1)), dc)
+    else:
+        dp = dpeep.reshape((K, -1)) if kind == 3 else w[3]  # w[3]: (K, 0), no parameter
+        grads = (dW.reshape((K, -1)), dU.reshape((K, -1)), db, dp, dV.reshape((K, -1)), dc)
+
+    # norms, the checks of Trainer.update, the step (StackedRMSProp.step)
+    _grad_norms(grads, acc, gnorm)
+    for k in range(K):
+        grad_ok[k] = np.isfinite(gnorm[k]) and gnorm[k] < max_norm
+        step[k] = active[k] and loss_ok[k] and grad_ok[k]
+    lr, mu, rho, omr = hyper[0][lo:hi], hyper[1][lo:hi], hyper[2][lo:hi], hyper[3][lo:hi]
+    eps, floor, limit = hyper[4][lo:hi], hyper[5][lo:hi], hyper[6][lo:hi]
+    _rmsprop(grads, w, n, v, step, lr, mu, rho, omr, eps, floor, limit, gnorm, clip, keep_v, acc)
+
+
+class FastUpdate:
+    """The update of `Trainer.update` for a CPU float32 stack with numba kernels and a numba optimizer."""
+
+    @staticmethod
+    def possible(model: nn.Module, opt: StackedRMSProp) -> bool:
+        """Whether this model and optimizer take the compiled update (else: the autograd path)."""
+        params = list(model.parameters())
+        return (
+            opt.fast
+            and model.use_kernels(params[0].new_empty(0))
+            and all(p.is_contiguous() for p in params)
+            and [id(p) for p in opt.params] == [id(p) for p in params]
+        )
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: StackedRMSProp,
+        noisy: Sequence[Tensor],
+        per_frame: Sequence[bool],
+        max_grad_norm: float,
+        threads: int = 1,
+    ):
+        """noisy: the weights that get weight noise (recurrent first, then input: `Trainer.noisy`);
+        per_frame: per model, training.loss == "mean"; max_grad_norm: a larger gradient norm skips a step;
+        threads > 1: the models of the stack are split into that many contiguous groups updated at once (the
+        driver releases the GIL; every model's arithmetic is its own, so the numbers do not change)."""
+        if not self.possible(model, opt):
+            raise ValueError("the compiled update needs numba, CPU float32 parameters and a numba optimizer")
+        self.model, self.opt, self.k, self.max_norm = model, opt, model.k, float(max_grad_norm)
+        self.fused = model.impl == "fused"
+        self.kind = "gru_cudnn" if self.fused and model.cell == "gru" else model.cell
+        recurrent, layer = model.recurrent_weights()[0], model.layer_weights()[0]
+        ids = [id(t) for t in noisy]
+        if ids not in ([id(recurrent)], [id(recurrent), id(layer)]):
+            raise ValueError(
+                "weight noise must be on the recurrent weights, or on them and the input weights"
+            )
+        self.noise_w = len(ids) == 2
+        self.params = list(model.parameters())
+        h, n_in = model.hidden, model.n_in
+        self.lay_fixed, size = _layout(FIXED, _shapes(self.kind, self.fused, self.k, 0, 0, n_in, h))
+        self.fixed = np.zeros(size, np.float32)
+        self._torch_fixed = torch.from_numpy(self.fixed)
+        # noise buffers per noisy weight, shaped like it: torch.randn draws into them
+        self.noise = [self._view(NOISE_U).view(recurrent.shape), self._view(NOISE_W).view(layer.shape)]
+        self.hyper = np.zeros((9, self.k), np.float32)
+        self.hyper[1:7] = [opt._np_mu, opt._np_rho, opt._np_omr, opt._np_eps, opt._np_floor, opt._np_limit]
+        self.flags = np.zeros((5, self.k), np.bool_)
+        self.flags[1] = list(per_frame)
+        self._cap = (0, 0)
+        self._last: list = [None, None, True]  # active, lr, noise set in the last call
+        groups = np.array_split(np.arange(self.k), max(1, min(threads, self.k)))
+        self.groups = [(int(g[0]), int(g[-1]) + 1) for g in groups]
+        self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
+        self._weights()
+        self._grow(1, 2)
+        self._attach_grads()
+
+    def _view(self, i: int) -> Tensor:
+        """A torch view of row i of the weight-sized arena's layout (flat)."""
+        off, *dims = self.lay_fixed[i]
+        return self._torch_fixed[off : off + int(np.prod(dims))]
+
+    def _weights(self) -> None:
+        """(K, m) numpy views of the six parameters (paper tanh/GRU: a (K, 0) array in peep's place)."""
+        ps = [p.detach().numpy().reshape(self.k, -1) for p in self.params]
+        if len(ps) == 5:
+            ps.insert(3, np.zeros((self.k, 0), np.float32))
+        self.w = tuple(ps)
+        self._ptrs = [p.data_ptr() for p in self.params]
+        self._bind()
+
+    def _bind(self) -> None:
+        """The driver's arguments but the model range (built again when a buffer or a view changes)."""
+        opt = self.opt
+        if not hasattr(self, "seq"):
+            return
+        self._args = (KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
+        self._args += (self.max_norm, self.fixed, self.seq, self.lay, self.f64, self.steps, self.flags)
+        self._args += (self.hyper, self.w, opt._np_n, opt._np_v)
+
+    def _grow(self, b: int, t: int) -> None:
+        """(Re)allocate the batch-sized arena for b sequences of up to t frames (t rounded up to 64)."""
+        b, t = max(b, self._cap[0]), max(-(-t // 64) * 64, self._cap[1])
+        if (b, t) == self._cap:
+            return
+        shapes = _shapes(self.kind, self.fused, self.k, b, t, self.model.n_in, self.model.hidden)
+        lay_seq, size = _layout(SEQ, shapes)
+        self.lay = np.concatenate([self.lay_fixed, lay_seq])
+        self.seq = np.zeros(size, np.float32)
+        off, *dims = lay_seq[0]
+        self.x = self.seq[off : off + int(np.prod(dims))].reshape(dims)
+        self.steps = np.zeros((self.k, b), np.int64)
+        self.f64 = np.zeros(self.k * (b + 1 + LANES))
+        self._cap = (b, t)
+        self._bind()
+
+    def _attach_grads(self) -> None:
+        """p.grad: views of the gradients the update computes (what the autograd path leaves there)."""
+        names = ["gw_ih", "gw_hh", "db", "gb_hh" if self.kind == "gru_cudnn" else "db", "dV", "dc"]
+        if not self.fused:
+            names = ["dW", "dU", "db", *(["dpeep"] if self.kind == "lstm" else []), "dV", "dc"]
+        for p, name in zip(self.params, names, strict=True):
+            p.grad = self._view(FIXED.index(name)).view(p.shape)
+
+    def losses(self) -> Tensor:
+        """(K, B) float64: each sequence's summed frame NLL in the last update (B: the buffers' capacity,
+        zeros beyond the batch); `StackedModel.nll` of the noisy weights."""
+        k, b = self.k, self._cap[0]
+        return torch.from_numpy(self.f64[: k * b].reshape(k, b).copy())
+
+    def __call__(
+        self,
+        batch: Sequence[Sequence[Tensor] | None],
+        lr: Sequence[float],
+        active: Sequence[bool],
+        noise_std: Sequence[float] = (),
+        generators: Sequence[torch.Generator] = (),
+    ) -> tuple[list[bool], list[bool], list[float]]:
+        """One update. batch: per model its sequences (T_i, n_in) (None: stopped); noise_std, generators:
+        per model (none if empty). Returns per model: loss finite, gradient finite and below the limit, and
+        the gradient norm (float64); a model steps where active and both hold."""
+        if [p.data_ptr() for p in self.params] != self._ptrs:
+            self._weights()
+        seqs = [s or () for s in batch]
+        b, t = max(map(len, seqs)), max((s.shape[0] for ss in seqs for s in ss), default=2)
+        if b > self._cap[0] or t > self._cap[1]:
+            self._grow(b, t)
+        steps, x = self.steps, self.x
+        steps.fill(0)
+        for k, ss in enumerate(seqs):
+            for i, s in enumerate(ss):
+                n = s.shape[0]
+                x[k, i, :n] = s.numpy()
+                steps[k, i] = n - 1
+        if active != self._last[0]:  # numpy assignments cost ~1 us each: only on a change
+            self.flags[0] = self._last[0] = list(active)
+        if lr != self._last[1]:
+            self.hyper[0] = self._last[1] = list(lr)
+        if self._last[2]:
+            self.hyper[7:] = 0
+        self._last[2] = False
+        for row, buf in zip((7, 8) if self.noise_w else (7,), self.noise, strict=False):
+            for i, (on, std) in enumerate(zip(active, noise_std, strict=False)):
+                if on and std > 0:  # as training._add_noise draws it: U for every model, then W
+                    torch.randn(buf.shape[1:], generator=generators[i], out=buf[i])
+                    self.hyper[row, i] = std
+                    self._last[2] = True
+        args = self._args
+        if self.pool is None:
+            _update(*args, 0, self.k)
+        else:
+            others = [self.pool.submit(_update, *args, lo, hi) for lo, hi in self.groups[1:]]
+            _update(*args, *self.groups[0])
+            for f in others:
+                f.result()
+        _mark_modified(self.params)
+        k, b = self.k, self._cap[0]
+        loss_ok, grad_ok = self.flags[2:4].tolist()
+        return loss_ok, grad_ok, self.f64[k * b : k * b + k].tolist()
