@@ -17,6 +17,7 @@ from gru_bench.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # the mode open() gives a new file
 # Write errors of the disk, not of the caller's code: a full or read-only disk is a one-line error even when
 # it strikes inside the caller's block (while the data is being written).
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
@@ -40,7 +41,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise _unwritable(path, e) from None
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
+    os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; give the file the mode open() would
     block_done = False
     try:
         with os.fdopen(fd, mode) as f:

@@ -72,6 +72,9 @@ def test_each_encoder_on_path_writes_its_file(
     head = out.compressed.read_bytes()[:4]
     mp3_frame = head[0] == 0xFF and head[1] & 0xE0 == 0xE0  # MPEG audio frame sync (11 bits set)
     assert head.startswith(magic) if magic else (head.startswith(b"ID3") or mp3_frame)
+    assert (
+        out.compressed.stat().st_mode & 0o777 == midi.stat().st_mode & 0o777
+    )  # not private (mkstemp's 0600)
 
 
 def test_a_failing_encoder_leaves_nothing_behind(midi: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ import pretty_midi
 from scipy.io import wavfile
 
 from gru_bench.errors import UserError
-from gru_bench.fsutil import atomic_write
+from gru_bench.fsutil import FILE_MODE, atomic_write
 
 SAMPLE_RATE = 44100
 SOUNDFONT_ENV = "GRU_BENCH_SOUNDFONT"
@@ -97,6 +97,7 @@ def encode(wav: Path) -> Path | None:
         try:
             done = subprocess.run([exe, *args(str(wav), tmp)], capture_output=True, timeout=600)
             if done.returncode == 0 and os.path.getsize(tmp) > 0:
+                os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would make the file private
                 os.replace(tmp, out)
                 return out
         except (OSError, subprocess.SubprocessError):
