@@ -7,11 +7,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from gru_bench import paths
+from gru_bench.console import console
 from gru_bench.errors import UserError
 from gru_bench.paper import LR_SEARCH_LOG_RANGE, LR_SEARCH_TRIALS
 
@@ -22,15 +22,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Download, prepare and describe the datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-def console(stderr: bool = False) -> Any:
-    """A rich console; off a terminal (a pipe, a log file) 160 columns wide instead of rich's 80, so that
-    tables are not cut ("notting…")."""
-    from rich.console import Console
-
-    c = Console(stderr=stderr)
-    return c if c.is_terminal else Console(stderr=stderr, width=160)
 
 
 def friendly(fn: Callable) -> Callable:

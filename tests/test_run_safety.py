@@ -110,6 +110,21 @@ def test_damaged_last_pt_offers_restart_in_both_messages(tmp_path: Path):
 
 
 @pytest.mark.usefixtures("tiny_jsb")
+def test_a_hand_edited_last_pt_is_a_one_line_error(tmp_path: Path):
+    """A checkpoint that loads but does not fit the run (a tensor of another shape): refused, no crash."""
+    cfg = _cfg(tmp_path, "training.max_epochs=3", "run.name=r")
+    run = tmp_path / "runs" / "jsb" / "gru" / "r"
+    train(cfg, quiet=True)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    state = torch.load(run / "last.pt", weights_only=False)
+    state["model"]["U"] = state["model"]["U"][:, :3]  # as if edited by hand
+    torch.save(state, run / "last.pt")
+    line = fails(["train", "--resume", run], "last.pt does not fit", "--restart")
+    assert "Traceback" not in line
+
+
+@pytest.mark.usefixtures("tiny_jsb")
 def test_seed_options(tmp_path: Path):
     fails(["train", "jsb/gru", "--seed", "-1"], "--seed -1: training.seed must be an integer from 0")
     fails(["train", "jsb/gru", "--seeds", "1,-1"], "--seeds 1,-1")

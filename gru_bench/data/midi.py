@@ -29,6 +29,7 @@ import numpy as np
 from mido.midifiles import midifiles as _mf
 from mido.midifiles.meta import UnknownMetaMessage, build_meta_message
 
+from gru_bench.console import progress
 from gru_bench.data.keyfind import estimate_shift
 from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.registry import LOWEST_PITCH, N_NOTES, SPLITS, Dataset
@@ -173,38 +174,40 @@ def _build(
     """Rolls and names per split, in reference order where given, and meta: [estimated, reference] shift
     per piece, skipped files, and the reference sequences that no piece matched."""
     splits, names, shifts, skipped, unmatched = {}, {}, {}, [], {}
-    for split, entries in files.items():
-        ref_seqs = reference.splits.get(split, []) if reference is not None else []
-        by_key: dict[tuple[int, bytes], list[int]] = {}
-        for i, seq in enumerate(ref_seqs):
-            by_key.setdefault(_key(np.asarray(seq, dtype=bool)), []).append(i)
-        placed: dict[int, tuple] = {}  # reference index -> row
-        rest: list[tuple] = []
-        lengths = {len(s) for s in ref_seqs}
-        for name, src in entries:
-            cells, est, reason = _piece(src, frame_rule)
-            if cells is None:
-                _skip(skipped, name, reason)
-                continue
-            ref_shift, ref_index = None, None
-            if cells.n_frames in lengths:
-                for s in sorted(MATCH_SHIFTS, key=lambda s: (s != est, s != 0, abs(s), s)):
-                    shifted = cells.render(s)
-                    candidates = [i for i in by_key.get(_key(shifted), []) if i not in placed]
-                    if candidates and np.array_equal(shifted, ref_seqs[candidates[0]]):
-                        ref_shift, ref_index = s, candidates[0]
-                        break
-            roll = cells.render(est if transpose else 0)
-            row = (roll, name, [est, ref_shift])
-            if ref_index is None:
-                rest.append(row)
-            else:
-                placed[ref_index] = row
-        rows = [placed[i] for i in sorted(placed)] + rest
-        unmatched[split] = [i for i in range(len(ref_seqs)) if i not in placed]
-        splits[split] = [r[0] for r in rows]
-        names[split] = [r[1] for r in rows]
-        shifts[split] = [r[2] for r in rows]
+    with progress(sum(len(e) for e in files.values()), "reading MIDI files") as advance:
+        for split, entries in files.items():
+            ref_seqs = reference.splits.get(split, []) if reference is not None else []
+            by_key: dict[tuple[int, bytes], list[int]] = {}
+            for i, seq in enumerate(ref_seqs):
+                by_key.setdefault(_key(np.asarray(seq, dtype=bool)), []).append(i)
+            placed: dict[int, tuple] = {}  # reference index -> row
+            rest: list[tuple] = []
+            lengths = {len(s) for s in ref_seqs}
+            for name, src in entries:
+                cells, est, reason = _piece(src, frame_rule)
+                advance()
+                if cells is None:
+                    _skip(skipped, name, reason)
+                    continue
+                ref_shift, ref_index = None, None
+                if cells.n_frames in lengths:
+                    for s in sorted(MATCH_SHIFTS, key=lambda s: (s != est, s != 0, abs(s), s)):
+                        shifted = cells.render(s)
+                        candidates = [i for i in by_key.get(_key(shifted), []) if i not in placed]
+                        if candidates and np.array_equal(shifted, ref_seqs[candidates[0]]):
+                            ref_shift, ref_index = s, candidates[0]
+                            break
+                roll = cells.render(est if transpose else 0)
+                row = (roll, name, [est, ref_shift])
+                if ref_index is None:
+                    rest.append(row)
+                else:
+                    placed[ref_index] = row
+            rows = [placed[i] for i in sorted(placed)] + rest
+            unmatched[split] = [i for i in range(len(ref_seqs)) if i not in placed]
+            splits[split] = [r[0] for r in rows]
+            names[split] = [r[1] for r in rows]
+            shifts[split] = [r[2] for r in rows]
     if skipped:
         n = sum(len(e) for e in files.values())
         warnings.warn(f"skipped {len(skipped)} of {n} MIDI files", MidiSkipWarning, stacklevel=3)

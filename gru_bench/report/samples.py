@@ -6,18 +6,15 @@ the same conditional model the NLL in Table 2 scores; listening to it is a sanit
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gru_bench import data
+from gru_bench.console import progress
 from gru_bench.data.registry import LOWEST_PITCH, N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
@@ -25,17 +22,6 @@ from gru_bench.training.rundir import load_run
 
 # Seconds per piano-roll frame at 120 bpm: quarter notes for JSB, eighth notes for the others.
 SECONDS_PER_FRAME = {"quarter120": 0.5, "eighth": 0.25}
-
-
-@contextlib.contextmanager
-def progress(total: int, description: str, quiet: bool) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr (nothing when `quiet`); yields the function that advances it by one."""
-    with Progress(
-        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=quiet, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
 
 
 def generate(

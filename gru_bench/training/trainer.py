@@ -408,10 +408,18 @@ class Trainer:
             threads = tc[0].threads or 1  # the stack's models split over this many threads
             self.fast = FastUpdate(self.model, self.opt, self.noisy, per_frame, MAX_GRAD_NORM, threads)
         for i, (run, state) in enumerate(zip(self.runs, states, strict=True)):
-            if state is not None:
+            if state is None:
+                continue
+            try:
                 _load_model_state(self.model, i, state["model"])
                 self.opt.load_state_of(i, state["optim"])
                 run.load(state["run"])
+            except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:  # an edited checkpoint
+                raise UserError(
+                    f"{run.dir / 'last.pt'} does not fit {run.dir / 'config.yaml'} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:80]}): restore it, or start the run over with "
+                    f"'gru-bench train --resume {run.dir} --restart'"
+                ) from None
         self.extra = {
             "hidden": self.model.hidden,
             "params": self.model.num_params(),
