@@ -319,6 +319,11 @@ def run_bench(
                 peak,
             )
         )
+    return _frame(rows, out)
+
+
+def _frame(rows: list, out: Path | None) -> pd.DataFrame:
+    """The rows (dataclasses) as a DataFrame, also written to `out` as CSV (atomically) if given."""
     df = pd.DataFrame([asdict(r) for r in rows])
     if out is not None:
         with atomic_write(out, "w") as f:
@@ -536,11 +541,7 @@ def run_epoch_bench(
         )
         for name in epochs
     ]
-    df = pd.DataFrame([asdict(r) for r in rows])
-    if out is not None:
-        with atomic_write(out, "w") as f:
-            df.to_csv(f, index=False, float_format="%.4g")
-    return df
+    return _frame(rows, out)
 
 
 def epoch_table(df: pd.DataFrame) -> Table:
