@@ -20,7 +20,7 @@ from fake_runners import FAIL, calls, crash_train, fake_train
 from typer.testing import CliRunner
 
 from gru_bench.cli import app
-from gru_bench.config import CONFIGS_DIR
+from gru_bench.config import CONFIGS_DIR, config_hash
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
 from gru_bench.experiments import scheduler, sweep
@@ -338,3 +338,23 @@ def test_off_a_terminal_progress_lines_are_printed_periodically(
     lines = [x for x in buf.getvalue().splitlines() if "runs finished" in x]
     assert lines and "0/2 runs finished; training: jsb/" in lines[0] and "epoch 0/500" in lines[0]
     assert any("1/2 runs finished, ~0:00:0" in x and "left" in x for x in lines)
+
+
+def test_a_finished_run_with_other_settings_is_never_passed_off_as_this_sweeps(
+    tmp_path: Path, results: Path
+) -> None:
+    """After a config default changes, a rerun must not skip the old run as if it were the new one."""
+    path = write_sweep(tmp_path, datasets=["jsb"], models=["gru"], seeds=[0])
+    old = results / "runs" / "jsb" / "gru" / "t-seed0"
+    old.mkdir(parents=True)
+    (old / "summary.json").write_text(json.dumps({"status": "complete", "config_hash": "0ldc0ffe"}))
+    with pytest.raises(UserError, match="finished with other settings .config hash 0ldc0ffe"):
+        sweep.run_sweep(path, workers=1, runner=fake_runners.fake_train)
+    s = json.loads((old / "summary.json").read_text())
+    (old / "summary.json").write_text(
+        json.dumps({**s, "config_hash": config_hash(scheduler.load(sweep.expand(path)[0]))})
+    )
+    assert (
+        sweep.run_sweep(path, workers=1, runner=fake_runners.fake_train).outcomes["jsb/gru/t-seed0"].status
+        == "skipped"
+    )

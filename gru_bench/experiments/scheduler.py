@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gru_bench.config import config_hash
 from gru_bench.data import resolve
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
@@ -117,7 +118,16 @@ def plan(specs: list[RunSpec], configs: list[Any], k: int = 3) -> tuple[dict[str
     for spec, cfg in zip(specs, configs, strict=True):
         state = run_state(spec.run_dir)
         if state in SETTLED:
-            skipped[spec.label] = Outcome("skipped", summary=saved_summary(spec.run_dir) or {})
+            summary = saved_summary(spec.run_dir) or {}
+            if summary.get("config_hash") not in (
+                None,
+                config_hash(cfg),
+            ):  # never pass old settings off as new
+                raise UserError(
+                    f"runs/{spec.label} finished with other settings (config hash {summary['config_hash']}, "
+                    f"this run's {config_hash(cfg)}): move that folder away, or give the sweep another name"
+                )
+            skipped[spec.label] = Outcome("skipped", summary=summary)
             continue
         if spec.prune:  # the trials of a pruned search compete at each rung: one stack, whatever k says
             key = "prune:" + str(spec.prune[1][0])
