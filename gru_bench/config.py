@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from gru_bench import paper
-from gru_bench.data import ROUTES, Resolved, resolve
+from gru_bench.data import PITCH_LAYOUTS, ROUTES, Resolved, resolve
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
 from gru_bench.paths import configs_dir
@@ -82,6 +82,7 @@ def _f(default: Any, check: Check) -> Any:
 @dataclass
 class DataConfig:
     route: str = _f("reference", _one_of(ROUTES))  # reference piano rolls, or our MIDI rebuild
+    pitches: str = _f("piano", _one_of(PITCH_LAYOUTS))  # model columns: 88 keys | authors: MIDI 1..highest
 
 
 @dataclass
@@ -150,6 +151,18 @@ NOT_HASHED = {
     "run.name",
     "run.out_dir",
 }
+
+# Keys added after results were committed, with the value every older run had: at that value they are left
+# out of config_hash and of the report's grouping, so an older run (its config.yaml lacks the key) keeps its
+# identity and a sweep still recognises it as finished.
+LATER_KEYS: dict[str, Any] = {"data.pitches": "piano"}
+
+
+def experiment_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys that define an experiment: all but NOT_HASHED and LATER_KEYS at their old value."""
+    return {
+        k: v for k, v in flat.items() if k not in NOT_HASHED and (k not in LATER_KEYS or LATER_KEYS[k] != v)
+    }
 
 
 # Fields that may differ between the models of one lockstep stack (everything else defines the stack).
@@ -431,7 +444,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_hash(cfg: Config) -> str:
     """Short hash of the experiment (not the seed, device or run name): the seeds of one setup share it."""
-    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NOT_HASHED}
+    flat = experiment_keys(flatten(cfg.to_dict()))
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -4,6 +4,7 @@ the eval schedule, and successive-halving pruning of search trials."""
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 from pathlib import Path
 
@@ -244,3 +245,68 @@ def test_a_pruned_search_stops_trials_and_a_rerun_keeps_its_record(
     assert [t["epochs"] for t in whole["trials"] if t["chosen"]] == [4]
     again = search.search(CONFIG, name="whole", **kwargs)  # every trial is final: nothing retrains
     assert again == whole
+
+
+def test_authors_pitch_layout_gives_the_authors_input_widths(shared_datasets: Path, data_home: Path):
+    """data.pitches: authors -> MIDI pitch 1 .. the dataset's highest: 96/93/105/108 columns (their code)."""
+    from gru_bench import data
+    from gru_bench.data.prepare import prepare
+    from gru_bench.paths import raw_dir
+
+    widths = {}
+    for key, name in [
+        ("jsb", "JSB_Chorales.mat"),
+        ("nottingham", "Nottingham.mat"),
+        ("musedata", "MuseData.mat"),
+        ("piano-midi", "Piano_midi.mat"),
+    ]:
+        raw_dir(key).mkdir(parents=True)
+        shutil.copy(shared_datasets / "mat" / name, raw_dir(key))
+        prepare(key, echo=lambda _: None)
+        rolls = data.load(key)
+        keys = data.Keyboard.of("authors", rolls)
+        widths[key] = keys.width
+        roll = rolls.splits["test"][0]
+        frames = keys.from_piano(roll)
+        assert frames.shape == (len(roll), keys.width)
+        # column j of the authors' layout is MIDI pitch j + 1; of ours, pitch 21 + j
+        assert np.array_equal(np.argwhere(frames)[:, 1], np.argwhere(roll)[:, 1] + 20)
+        assert np.array_equal(keys.to_piano(frames), roll)
+        assert data.Keyboard.of("piano", rolls).from_piano(roll) is roll  # the default: no copy, no change
+    assert widths == {"jsb": 96, "nottingham": 93, "musedata": 105, "piano-midi": 108}
+
+
+def test_a_note_off_the_keyboard_is_refused():
+    from gru_bench.data import Keyboard
+
+    roll = np.zeros((3, 88), bool)
+    roll[1, 80] = True  # MIDI 101
+    with pytest.raises(UserError, match="outside MIDI pitches 1-96"):
+        Keyboard(1, 96).from_piano(roll)
+
+
+def test_authors_pitches_train_evaluate_and_sample(tmp_path: Path, tiny_jsb: Path):
+    """A run on the authors' columns: the model has their width, keeps its own config hash (the default
+    layout keeps the hash runs had before the switch existed), evaluates and samples back to 88 keys."""
+    from gru_bench.config import config_hash, experiment_keys, flatten
+    from gru_bench.report.samples import sample
+    from gru_bench.training.rundir import load_run
+
+    cfg = _cfg(tmp_path, "run.name=authors", "data.pitches=authors")
+    summary = train(cfg, quiet=True)
+    run = tmp_path / "runs" / "jsb" / "gru" / "authors"
+    model, saved = load_run(run)
+    assert saved.data.pitches == "authors"
+    assert model.n_in == 108  # tiny_jsb's notes reach the top key, MIDI 108
+    assert summary["params"] == 3 * 6 * (108 + 6 + 1) + 6 * 108 + 108
+    again = training.evaluate(run, "test")
+    assert again.seq == [summary["test_nll_seq"]]
+    out = sample(run, steps=5, out=tmp_path / "s.mid", primer=2, quiet=True)
+    assert out.is_file() and out.with_suffix(".png").is_file()
+
+    default = _cfg(tmp_path)
+    old = {
+        k: v for k, v in flatten(default.to_dict()).items() if k != "data.pitches"
+    }  # a config.yaml of before
+    assert experiment_keys(flatten(default.to_dict())) == experiment_keys(old)
+    assert config_hash(cfg) != config_hash(default)

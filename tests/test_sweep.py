@@ -358,3 +358,22 @@ def test_a_finished_run_with_other_settings_is_never_passed_off_as_this_sweeps(
         sweep.run_sweep(path, workers=1, runner=fake_runners.fake_train).outcomes["jsb/gru/t-seed0"].status
         == "skipped"
     )
+
+
+def test_a_run_that_finished_in_a_stopped_stack_gets_the_sweeps_bookkeeping_on_the_rerun(
+    tmp_path: Path, results: Path
+) -> None:
+    """A stack is tagged when it ends; a model that finished inside a stack stopped before that (Ctrl-C,
+    end of a session) must still be tagged, or the report cannot tell it belongs to the sweep."""
+    path = write_sweep(tmp_path, datasets=["jsb"], models=["gru"], seeds=[0])
+    done = results / "runs" / "jsb" / "gru" / "t-seed0"
+    done.mkdir(parents=True)
+    h = config_hash(scheduler.load(sweep.expand(path)[0]))
+    (done / "summary.json").write_text(json.dumps({"status": "complete", "config_hash": h}))
+    out = sweep.run_sweep(path, workers=1, runner=fake_runners.fake_train)
+    assert out.outcomes["jsb/gru/t-seed0"].status == "skipped" and calls(results) == []
+    assert json.loads((done / "summary.json").read_text()) == {
+        "status": "complete",
+        "config_hash": h,
+        "sweep": "t",
+    }

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gru_bench.data.pianoroll import PianoRolls
+from gru_bench.data.pianoroll import PITCH_LAYOUTS, Keyboard, PianoRolls
 from gru_bench.data.registry import DATASETS, SPLITS, Dataset, find_dataset, get_dataset
 from gru_bench.errors import UserError
 from gru_bench.paths import processed_dir
@@ -79,9 +79,11 @@ def load(name: str, route: str | None = None) -> PianoRolls:
 
 __all__ = [
     "DATASETS",
+    "PITCH_LAYOUTS",
     "ROUTES",
     "SPLITS",
     "Dataset",
+    "Keyboard",
     "PianoRolls",
     "Resolved",
     "get_dataset",

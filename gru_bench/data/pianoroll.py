@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gru_bench.data.registry import N_NOTES, SPLITS
+from gru_bench.data.registry import LOWEST_PITCH, N_NOTES, SPLITS
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
 
@@ -67,6 +67,63 @@ class PianoRolls:
 
     def frames(self, split: str) -> int:
         return sum(len(s) for s in self.splits[split])
+
+
+# What the model's input and output columns are (config `data.pitches`). piano: the 88 keys, MIDI 21-108;
+# authors: MIDI pitch 1 up to the dataset's highest (96/93/105/108 columns for JSB/Nottingham/MuseData/
+# Piano-midi.de), the layout of the authors' code; the extra columns are never on.
+PITCH_LAYOUTS = ("piano", "authors")
+_LOWEST = {"piano": LOWEST_PITCH, "authors": 1}  # MIDI pitch of column 0
+
+
+@dataclass(frozen=True)
+class Keyboard:
+    """The model's columns: column j is MIDI pitch `lowest + j`, `width` columns."""
+
+    lowest: int = LOWEST_PITCH
+    width: int = N_NOTES
+
+    @classmethod
+    def of(cls, layout: str, rolls: PianoRolls) -> Keyboard:
+        """The keyboard of a `data.pitches` layout for a dataset (authors: up to its highest pitch)."""
+        if layout == "piano":
+            return cls()
+        played = [np.flatnonzero(s.any(axis=0)) for seqs in rolls.splits.values() for s in seqs]
+        top = max((int(c.max()) for c in played if len(c)), default=0) + LOWEST_PITCH
+        return cls.of_model(layout, top - _LOWEST[layout] + 1)
+
+    @classmethod
+    def of_model(cls, layout: str, width: int) -> Keyboard:
+        """The keyboard of a trained model: its layout and its number of note columns."""
+        return cls(_LOWEST[layout], width)
+
+    def _columns(self) -> tuple[slice, slice]:
+        """(piano-roll columns, keyboard columns) that hold the same pitches."""
+        lo, hi = max(self.lowest, LOWEST_PITCH), min(self.lowest + self.width, LOWEST_PITCH + N_NOTES)
+        return slice(lo - LOWEST_PITCH, hi - LOWEST_PITCH), slice(lo - self.lowest, hi - self.lowest)
+
+    def from_piano(self, roll: np.ndarray) -> np.ndarray:
+        """(T, 88) piano roll -> (T, width) frames; a note outside the keyboard is a UserError."""
+        if (self.lowest, self.width) == (LOWEST_PITCH, N_NOTES):
+            return roll
+        piano, keys = self._columns()
+        if roll.sum() != roll[:, piano].sum():
+            raise UserError(
+                f"a note lies outside MIDI pitches {self.lowest}-{self.lowest + self.width - 1}: "
+                "use data.pitches: piano"
+            )
+        out = np.zeros((len(roll), self.width), roll.dtype)
+        out[:, keys] = roll[:, piano]
+        return out
+
+    def to_piano(self, frames: np.ndarray) -> np.ndarray:
+        """(T, width) frames -> (T, 88) piano roll (pitches off the piano are dropped: never on)."""
+        if (self.lowest, self.width) == (LOWEST_PITCH, N_NOTES):
+            return frames
+        piano, keys = self._columns()
+        out = np.zeros((len(frames), N_NOTES), frames.dtype)
+        out[:, piano] = frames[:, keys]
+        return out
 
 
 @contextmanager

@@ -127,6 +127,10 @@ def plan(specs: list[RunSpec], configs: list[Any], k: int = 3) -> tuple[dict[str
                     f"runs/{spec.label} finished with other settings (config hash {summary['config_hash']}, "
                     f"this run's {config_hash(cfg)}): move that folder away, or give the sweep another name"
                 )
+            if any(summary.get(key) != value for key, value in spec.info.items()):
+                # it finished inside a stack that was stopped before the stack ended, so before its tagging
+                tag_summary(spec.run_dir, spec.info)
+                summary = {**summary, **spec.info}
             skipped[spec.label] = Outcome("skipped", summary=summary)
             continue
         if spec.prune:  # the trials of a pruned search compete at each rung: one stack, whatever k says

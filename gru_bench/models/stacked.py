@@ -33,17 +33,17 @@ def count_params(cell: str, impl: str, hidden: int, n_in: int = N_NOTES) -> int:
     return g * hidden * (n_in + hidden + n_bias) + peep + hidden * n_in + n_in
 
 
-def hidden_for_budget(cell: str, impl: str, budget: int) -> int:
+def hidden_for_budget(cell: str, impl: str, budget: int, n_in: int = N_NOTES) -> int:
     """Hidden size whose parameter count is closest to `budget` (ties -> the smaller model)."""
-    if budget < count_params(cell, impl, 1):
+    if budget < count_params(cell, impl, 1, n_in):
         raise UserError(
             f"parameter budget {budget} is below the smallest {cell} model "
-            f"({count_params(cell, impl, 1)} params); use a larger budget"
+            f"({count_params(cell, impl, 1, n_in)} params); use a larger budget"
         )
     h = 1
-    while count_params(cell, impl, h + 1) <= budget:
+    while count_params(cell, impl, h + 1, n_in) <= budget:
         h += 1
-    below, above = count_params(cell, impl, h), count_params(cell, impl, h + 1)
+    below, above = count_params(cell, impl, h, n_in), count_params(cell, impl, h + 1, n_in)
     return h if budget - below <= above - budget else h + 1
 
 
@@ -72,7 +72,8 @@ def _orthogonal(n: int, gen: torch.Generator) -> Tensor:
 
 
 class StackedModel(nn.Module):
-    """Recurrent layer over the 88-note input + linear readout to 88 logits (sigmoid applied in the loss)."""
+    """Recurrent layer over n_in note columns (88 keys by default) + linear readout to n_in logits (sigmoid
+    applied in the loss)."""
 
     def __init__(self, cell: str, impl: str, hidden: int, k: int, fast: str = "auto", n_in: int = N_NOTES):
         super().__init__()
@@ -202,13 +203,18 @@ class StackedModel(nn.Module):
 
 
 def build_model(
-    cell: str, impl: str = "paper", hidden: int | None = None, k: int = 1, fast: str = "auto"
+    cell: str,
+    impl: str = "paper",
+    hidden: int | None = None,
+    k: int = 1,
+    fast: str = "auto",
+    n_in: int = N_NOTES,
 ) -> StackedModel:
-    """A stack of k models with zero weights; call `init_weights` before training."""
+    """A stack of k models with zero weights over n_in note columns; call `init_weights` before training."""
     for what, value, allowed in (("cell", cell, CELLS), ("impl", impl, IMPLS), ("fast", fast, FAST_MODES)):
         if value not in allowed:
             raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     hidden = HIDDEN_SIZES[cell] if hidden is None else hidden
     if hidden < 1 or k < 1:
         raise UserError(f"hidden ({hidden}) and k ({k}) must be >= 1")
-    return StackedModel(cell, impl, hidden, k, fast)
+    return StackedModel(cell, impl, hidden, k, fast, n_in)

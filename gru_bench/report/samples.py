@@ -32,7 +32,7 @@ def generate(
     seed: int = 0,
     quiet: bool = True,
 ) -> np.ndarray:
-    """Bool roll (len(primer) + steps, 88): the primer, then `steps` sampled frames.
+    """Bool frames (len(primer) + steps, model.n_in): the primer, then `steps` sampled frames.
 
     temperature 0 takes the most likely value of every note (deterministic). Without a primer the model is
     started from one silent frame, which is not part of the result. The model steps one frame at a time,
@@ -43,8 +43,9 @@ def generate(
             f"--temperature {temperature}: use a finite number >= 0 (0: likeliest notes, 1: the model)"
         )
     gen = torch.Generator().manual_seed(seed)
-    start = primer if primer is not None and len(primer) else np.zeros((1, N_NOTES), bool)
-    frames = torch.zeros(len(start) + steps, N_NOTES)
+    n = model.n_in
+    start = primer if primer is not None and len(primer) else np.zeros((1, n), bool)
+    frames = torch.zeros(len(start) + steps, n)
     frames[: len(start)] = torch.as_tensor(start, dtype=torch.float32)
     model.eval()
     with torch.no_grad(), progress(steps, "sampling", quiet) as advance:
@@ -52,9 +53,9 @@ def generate(
         for t in range(
             len(start) - 1
         ):  # run the primer through, then one step per new frame: linear in steps
-            _, state = model.step(frames[t].reshape(1, 1, N_NOTES), state)
+            _, state = model.step(frames[t].reshape(1, 1, n), state)
         for t in range(len(start), len(frames)):
-            logits, state = model.step(frames[t - 1].reshape(1, 1, N_NOTES), state)
+            logits, state = model.step(frames[t - 1].reshape(1, 1, n), state)
             logits = logits[0, 0].float()
             if temperature == 0:
                 frames[t] = (logits > 0).float()
@@ -139,7 +140,11 @@ def sample(
     dataset = data.resolve(cfg.dataset, cfg.data.route)
     rolls = data.load(cfg.dataset, cfg.data.route) if primer else None
     start, source = pick_primer(rolls, primer, seed) if primer else (None, "")
-    roll = generate(model, steps, temperature, start, seed, quiet)
+    keys = data.Keyboard.of_model(cfg.data.pitches, model.n_in)  # notes off the piano are dropped
+    frames = generate(
+        model, steps, temperature, None if start is None else keys.from_piano(start), seed, quiet
+    )
+    roll = keys.to_piano(frames)
     out = Path(out)
     pm = roll_to_midi(roll, SECONDS_PER_FRAME[dataset.frame_rule])
     with atomic_write(out) as f:

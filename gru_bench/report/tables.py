@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from gru_bench import paper
-from gru_bench.config import CONFIGS_DIR, LR_KEY, NOT_HASHED, flatten, load_config
+from gru_bench.config import CONFIGS_DIR, LR_KEY, experiment_keys, flatten, load_config
 from gru_bench.data.registry import DATASETS
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_files, write_json, write_text
@@ -76,8 +76,8 @@ def lr_from_search(config: dict, summary: dict | None) -> bool:
 
 def settings(config: dict, searched_lr: bool = False) -> dict[str, Any]:
     """The resolved config minus what may differ between seeds of one experiment (dotted keys, sorted)."""
-    drop = NOT_HASHED | ({SEARCHED_LR} if searched_lr else set())
-    return {k: v for k, v in sorted(flatten(config).items()) if k not in drop}
+    kept = experiment_keys(flatten(config))
+    return {k: v for k, v in sorted(kept.items()) if not (searched_lr and k == SEARCHED_LR)}
 
 
 def group_id(s: dict[str, Any]) -> str:

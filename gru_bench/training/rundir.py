@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from gru_bench.config import Config, config_hash, load_config, run_name
+from gru_bench.data.registry import N_NOTES
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write, write_json, write_text
 from gru_bench.paths import results_dir
@@ -127,30 +128,31 @@ def tag_summary(run_dir: Path, info: dict) -> None:
         write_json(run_dir / "summary.json", {**summary, **info})
 
 
-def _hidden(cfg: Config) -> int | None:
+def _hidden(cfg: Config, n_in: int) -> int | None:
     from gru_bench.models import hidden_for_budget
 
     m = cfg.model
-    return hidden_for_budget(m.cell, m.impl, m.param_budget) if m.param_budget else m.hidden
+    return hidden_for_budget(m.cell, m.impl, m.param_budget, n_in) if m.param_budget else m.hidden
 
 
 # float32 copies of the weights training holds: weights, gradients, noisy weights and three RMSProp buffers
 _COPIES = 6
 
 
-def model_for(cfg: Config, k: int) -> StackedModel:
-    """A stack of k untrained models of the config's cell, implementation and size; a size that cannot fit
-    in memory is a UserError that says how much it would need."""
+def model_for(cfg: Config, k: int, n_in: int = N_NOTES) -> StackedModel:
+    """A stack of k untrained models of the config's cell, implementation and size over n_in note columns
+    (`data.Keyboard.width`); a size that cannot fit in memory is a UserError that says how much it would
+    need."""
     from gru_bench.models import build_model, count_params
 
-    hidden = _hidden(cfg)
-    need = count_params(cfg.model.cell, cfg.model.impl, hidden or 1) * k * 4 * _COPIES
+    hidden = _hidden(cfg, n_in)
+    need = count_params(cfg.model.cell, cfg.model.impl, hidden or 1, n_in) * k * 4 * _COPIES
     have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
     too_big = f"model.hidden {hidden}: {k} model(s) of this size need about {need / 2**30:.1f} GiB to train"
     if have and need > have:
         raise UserError(f"{too_big}, this machine has {have / 2**30:.1f} GiB: use a smaller model.hidden")
     try:
-        return build_model(cfg.model.cell, cfg.model.impl, hidden, k=k, fast=cfg.model.fast)
+        return build_model(cfg.model.cell, cfg.model.impl, hidden, k=k, fast=cfg.model.fast, n_in=n_in)
     except (MemoryError, RuntimeError) as e:  # torch raises RuntimeError when an allocation fails
         if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
             raise
@@ -175,10 +177,11 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[StackedModel, Co
             f"{path} not found: {run_dir} has not finished an epoch yet; continue it with "
             f"'gru-bench train --resume {run_dir}'"
         )
-    model = model_for(cfg, 1)
     weights = load_checkpoint(path).get("model")
     if not isinstance(weights, dict):
         raise UserError(f"{path} holds no model weights: not a gru-bench checkpoint of {run_dir}")
+    readout = weights.get("c")  # (1, n_in): the note columns the run was trained on (data.pitches)
+    model = model_for(cfg, 1, readout.shape[-1] if hasattr(readout, "shape") else N_NOTES)
     diff = _mismatch(model.state_dict(), weights)
     if diff:
         raise UserError(

@@ -35,7 +35,6 @@ from torch import Tensor
 import gru_bench
 from gru_bench import data as datasets
 from gru_bench.config import PER_MODEL, Config, config_hash, dump, load_config, parse_override, stack_settings
-from gru_bench.data.registry import N_NOTES
 from gru_bench.data.stats import bernoulli_baseline
 from gru_bench.errors import Interrupted, UserError
 from gru_bench.fsutil import write_text
@@ -62,13 +61,19 @@ FAST_UPDATE = True
 RESUME_KEYS = ("training.device", "training.threads", "training.eval_batch_size", "model.fast")
 
 
+def _tensors(rolls: list[np.ndarray], keys: datasets.Keyboard) -> list[Tensor]:
+    """A split's (T, 88) piano rolls as float32 tensors of the model's note columns."""
+    return [torch.from_numpy(keys.from_piano(x).astype(np.float32)) for x in rolls]
+
+
 def pad(seqs: list[list[Tensor] | None], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per model a batch of (T_i, 88) sequences (None: a stopped model) -> x (K, B, T, 88) zero-padded to the
+    """Per model a batch of (T_i, n) sequences (None: a stopped model) -> x (K, B, T, n) zero-padded to the
     longest sequence of all, mask (K, B, T - 1) of the predicted frames (frame t + 1 exists), and lengths
     (K, B) = T_i - 1, the input steps the model must run (0 for padding and stopped models)."""
     b = max(len(s) for s in seqs if s is not None)
     t = max(len(x) for s in seqs if s is not None for x in s)
-    x = np.zeros((len(seqs), b, t, N_NOTES), np.float32)  # numpy: a copy costs 1 us, not torch's ~5
+    n = next(x.shape[-1] for s in seqs if s is not None for x in s)
+    x = np.zeros((len(seqs), b, t, n), np.float32)  # numpy: a copy costs 1 us, not torch's ~5
     lengths = np.zeros((len(seqs), b), np.int64)
     for k, batch in enumerate(seqs):
         for i, s in enumerate(batch or ()):
@@ -378,7 +383,8 @@ class Trainer:
         self.cfg, self.k, self.console, self.pruner = cfgs[0], len(cfgs), console, pruner
         self.device = _device(self.cfg)
         rolls = datasets.load(self.cfg.dataset, self.cfg.data.route)
-        self.seqs = {s: [torch.from_numpy(x.astype(np.float32)) for x in v] for s, v in rolls.splits.items()}
+        keys = datasets.Keyboard.of(self.cfg.data.pitches, rolls)
+        self.seqs = {s: _tensors(v, keys) for s, v in rolls.splits.items()}
         for split in ("train", "valid"):
             if not any(len(x) > 1 for x in self.seqs.get(split, [])):
                 raise UserError(
@@ -386,7 +392,7 @@ class Trainer:
                 )
         self.train_seqs = [x for x in self.seqs["train"] if len(x) > 1]  # a 1-frame sequence predicts nothing
 
-        self.model = model_for(self.cfg, self.k)
+        self.model = model_for(self.cfg, self.k, keys.width)
         tc = [r.cfg.training for r in self.runs]
         self.model.init_weights([r.gens["init"] for r in self.runs], tc[0].init_scale, tc[0].init_orthogonal)
         self.model.to(self.device)
@@ -683,7 +689,13 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> S
     if split not in rolls.splits:
         raise UserError(f"--split must be one of {', '.join(rolls.splits)}, got {split!r}")
     device = _device(cfg, strict=False)
-    seqs = [torch.from_numpy(x.astype(np.float32)) for x in rolls.splits[split]]
+    keys = datasets.Keyboard.of(cfg.data.pitches, rolls)
+    if keys.width != model.n_in:
+        raise UserError(
+            f"{run_dir} was trained on {model.n_in} note columns, {cfg.dataset} now gives {keys.width} "
+            f"(data.pitches: {cfg.data.pitches}): was the dataset prepared again from other files?"
+        )
+    seqs = _tensors(rolls.splits[split], keys)
     return split_nll(model.to(device), seqs, cfg.training.eval_batch_size, device)
 
 
