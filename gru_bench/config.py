@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ UNIT_HALF: Check = (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]")
 POS_INT: Check = (lambda v: _int(v) and v >= 1, "an integer >= 1")
 ANY_INT: Check = (_int, "an integer")
 BOOL: Check = (lambda v: isinstance(v, bool), "true or false (or on/off)")
+THREADS: Check = (
+    lambda v: v is None or v == "auto" or (_int(v) and v >= 1),
+    "auto, an integer >= 1, or null (torch's default)",
+)
 SEED: Check = (lambda v: _int(v) and 0 <= v < 2**63, "an integer from 0 to 2**63 - 1")
 # on/off are accepted for true/false keys (the README's --set example writes `off`); they stay words
 # elsewhere (model.fast takes the word `off` itself).
@@ -98,7 +103,7 @@ class ModelConfig:
 class TrainingConfig:
     seed: int = _f(1, SEED)
     device: str = _f("auto", _one_of(DEVICES))  # auto: cuda when available
-    threads: int | None = _f(1, _opt(POS_INT))  # CPU threads for torch and the compiled update; see training
+    threads: int | str | None = _f("auto", THREADS)  # CPU threads; see stack_threads
     batch_size: int = _f(1, POS_INT)  # sequences per update (1: the paper, whole sequence per update)
     eval_batch_size: int = _f(64, POS_INT)  # padded sequences per evaluation batch (speed only)
     max_epochs: int = _f(500, POS_INT)
@@ -440,6 +445,29 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
+
+
+CPUS_VAR = "GRU_BENCH_CPUS"  # the CPUs one training process may use; a sweep sets it for each worker
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: $GRU_BENCH_CPUS, else the CPUs it is allowed to run on."""
+    if os.environ.get(CPUS_VAR, "").isdigit() and int(os.environ[CPUS_VAR]) > 0:
+        return int(os.environ[CPUS_VAR])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def stack_threads(setting: int | str | None, k: int) -> tuple[int | None, int]:
+    """`training.threads` for a stack of k models -> (torch's threads, None: its default; threads that
+    update the stack's models, each its own share of them).
+
+    auto: torch on one thread (these models are far too small for intra-op parallelism, and on a busy
+    machine torch's spinning OpenMP threads made an epoch 10x slower) and the k models spread over the
+    available CPUs (bit-identical to training each alone). N: both N. null: torch's default, one updater.
+    """
+    if setting == "auto":
+        return 1, max(1, min(k, available_cpus()))
+    return setting, setting or 1
 
 
 def config_hash(cfg: Config) -> str:

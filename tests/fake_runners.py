@@ -21,7 +21,14 @@ def fake_train(task) -> None:
     """One JSON line per task; per run a config.yaml and a final summary.json (valid NLL = valid_nll(lr))."""
     with open(Path(os.environ["GRU_BENCH_RESULTS"]) / CALLS, "a") as f:
         f.write(
-            json.dumps({"runs": [r.label for r in task.runs], "resume": task.resume, "pid": os.getpid()})
+            json.dumps(
+                {
+                    "runs": [r.label for r in task.runs],
+                    "resume": task.resume,
+                    "pid": os.getpid(),
+                    "cpus": os.environ.get("GRU_BENCH_CPUS"),
+                }
+            )
             + "\n"
         )
     for r, cfg in zip(task.runs, task.configs, strict=True):

@@ -377,3 +377,32 @@ def test_a_run_that_finished_in_a_stopped_stack_gets_the_sweeps_bookkeeping_on_t
         "config_hash": h,
         "sweep": "t",
     }
+
+
+def test_cores_no_worker_would_use_go_to_the_tasks_as_threads(
+    tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 CPUs: a task gets its worker's share, and no share is lost to workers without a task (1 task, a
+    2-model stack: all 4 CPUs; 2 or 4 tasks on 2 workers: 2 each; 2 tasks on 4 workers: 2 each)."""
+    monkeypatch.setattr(scheduler, "available_cpus", lambda: 4)
+    cases = (
+        (["gru"], 2, 2, {"4"}),
+        (["gru"], 1, 2, {"2"}),
+        (["gru", "lstm"], 1, 2, {"2"}),
+        (["gru"], 1, 4, {"2"}),
+    )
+    for i, (models, k, workers, cpus) in enumerate(cases):
+        (results / fake_runners.CALLS).unlink(missing_ok=True)
+        path = write_sweep(tmp_path, name=f"t{i}", datasets=["jsb"], models=models, seeds=[0, 1])
+        sweep.run_sweep(path, workers=workers, k=k, runner=fake_train)
+        assert {c["cpus"] for c in calls(results)} == cpus
+
+
+def test_auto_threads_spread_a_stack_over_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gru_bench.config import CPUS_VAR, stack_threads
+
+    monkeypatch.setenv(CPUS_VAR, "2")
+    assert stack_threads("auto", 3) == (1, 2)  # torch on one thread, three models over two threads
+    assert stack_threads("auto", 1) == (1, 1)
+    assert stack_threads(4, 3) == (4, 4)
+    assert stack_threads(None, 3) == (None, 1)

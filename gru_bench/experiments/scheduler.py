@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gru_bench.config import config_hash
+from gru_bench.config import CPUS_VAR, available_cpus, config_hash
 from gru_bench.data import resolve
 from gru_bench.errors import UserError
 from gru_bench.fsutil import atomic_write
@@ -77,6 +77,7 @@ class Task:
     runs: list[RunSpec]
     configs: list[Any]  # config.Config, one per run
     resume: bool
+    cpus: int = 1  # CPUs its process may use: `training.threads: auto` spreads the stack's models over them
 
 
 @dataclass
@@ -182,6 +183,7 @@ def _run_task(runner: Runner, task: Task) -> bool:
     """Run, then tag summaries with the spec's info; on an exception write error.txt into each run dir."""
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
+    os.environ[CPUS_VAR] = str(task.cpus)
     try:
         runner(task)
     except Exception:
@@ -229,9 +231,13 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
 
 
 def _local(tasks: list[Task], workers: int, runner: Runner, done: Done, tick: Tick | None = None) -> None:
-    """Each task in a fresh spawned process (clean torch/numba state; a crash costs one task)."""
+    """Each task in a fresh spawned process (clean torch/numba state; a crash costs one task).
+
+    Cores that no worker would use (fewer tasks than workers) go to the tasks as threads: a stack's models
+    then update in parallel in one process (bit-identical), where a second process has nothing to train."""
     ctx = mp.get_context("spawn")
-    pending, running = list(tasks), {}
+    cpus = max(1, available_cpus() // max(1, min(workers, len(tasks))))
+    pending, running = [replace(t, cpus=cpus) for t in tasks], {}
     with _sigterm_as_ctrl_c():
         try:
             while pending or running:

@@ -34,7 +34,16 @@ from torch import Tensor
 
 import gru_bench
 from gru_bench import data as datasets
-from gru_bench.config import PER_MODEL, Config, config_hash, dump, load_config, parse_override, stack_settings
+from gru_bench.config import (
+    PER_MODEL,
+    Config,
+    config_hash,
+    dump,
+    load_config,
+    parse_override,
+    stack_settings,
+    stack_threads,
+)
 from gru_bench.data.stats import bernoulli_baseline
 from gru_bench.errors import Interrupted, UserError
 from gru_bench.fsutil import write_text
@@ -338,13 +347,13 @@ def train_lockstep(
     starts afresh; `restart` starts unfinished runs over). `pruner` may stop runs at the end of an epoch
     (status `pruned`; search trials).
 
-    torch runs on `training.threads` CPU threads (default 1): these models are far too small for intra-op
-    parallelism to pay, and on a busy machine torch's spinning OpenMP threads made an epoch 10x slower.
+    CPU threads: `config.stack_threads` (default: torch on one, the stack's models over the free CPUs).
     """
     _check_stack(cfgs)
     threads = torch.get_num_threads()
-    if cfgs[0].training.threads:
-        torch.set_num_threads(cfgs[0].training.threads)
+    torch_threads, _ = stack_threads(cfgs[0].training.threads, len(cfgs))
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     console = Console(quiet=quiet, soft_wrap=True)
     dirs = [Path(d) for d in run_dirs] if run_dirs else [default_run_dir(c) for c in cfgs]
     if len(dirs) != len(cfgs) or len({d.resolve() for d in dirs}) != len(dirs):
@@ -411,7 +420,7 @@ class Trainer:
         self.fast = None  # the compiled update where the kernels run (see update)
         if FAST_UPDATE and FastUpdate.possible(self.model, self.opt):
             per_frame = [t.loss == "mean" for t in tc]
-            threads = tc[0].threads or 1  # the stack's models split over this many threads
+            _, threads = stack_threads(tc[0].threads, self.k)  # the stack's models split over threads
             self.fast = FastUpdate(self.model, self.opt, self.noisy, per_frame, MAX_GRAD_NORM, threads)
         for i, (run, state) in enumerate(zip(self.runs, states, strict=True)):
             if state is None:
