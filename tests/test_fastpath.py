@@ -58,6 +58,11 @@ def _trainer(tmp_path: Path, name: str, fast: bool, k: int, cell: str, impl: str
         ("gru", "paper", 3, ["training.clip=none", "training.batch_size=3"]),
         ("gru", "paper", 3, ["training.threads=2"]),  # models 0-1 and 2 in two threads at once
         ("lstm", "fused", 3, ["training.threads=3"]),
+        # the kernels' BLAS path (kernels.use_blas): batch 8, wider than the paper's models
+        ("gru", "paper", 3, ["training.batch_size=8", "model.hidden=128"]),
+        ("tanh", "paper", 1, ["training.batch_size=8", "model.hidden=128"]),
+        ("lstm", "paper", 3, ["training.batch_size=8", "model.hidden=128", "training.threads=2"]),
+        ("gru", "fused", 3, ["training.batch_size=8", "model.hidden=128"]),
     ],
 )
 def test_compiled_update_equals_the_autograd_path(

@@ -8,18 +8,19 @@ import torch
 
 from gru_bench.errors import UserError
 from gru_bench.models import CELLS, IMPLS, build_model, kernels
+from gru_bench.paper import HIDDEN_SIZES
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba not importable")
 N_IN = 88
 
 
-def make(cell: str, impl: str, seeds: tuple[int, ...], fast: str = "on", hidden: int = 6):
+def make(cell: str, impl: str, seeds: tuple[int, ...], fast: str = "on", hidden: int = 6, scale: float = 0.5):
     m = build_model(cell, impl, hidden=hidden, k=len(seeds), fast=fast)
-    m.init_weights([torch.Generator().manual_seed(s) for s in seeds], scale=0.5)
+    m.init_weights([torch.Generator().manual_seed(s) for s in seeds], scale=scale)
     with torch.no_grad():  # non-zero biases / peepholes, same perturbation for every model
         for p in m.parameters():
             noise = torch.randn(p.shape[1:], generator=torch.Generator().manual_seed(7))
-            p.add_(0.2 * noise)
+            p.add_(0.4 * scale * noise)
     return m
 
 
@@ -207,3 +208,64 @@ def test_zero_skipping_projection_equals_the_dense_sum_bit_for_bit():
         for s in range(3):
             n = steps[k, s]
             assert np.array_equal(xp[k, s, :n], dense[k, s, :n]) and not xp[k, s, n:].any()
+
+
+@pytest.mark.parametrize("b,hidden", [(8, 128), (32, 256), (3, 6)])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_blas_path_matches_pure_torch(monkeypatch, cell, impl, b, hidden):
+    """The BLAS path (forced, also below its batch and width limits): logits of all steps, and NLL and
+    gradients of sequences of different lengths (some empty), equal the pure-torch reference; gradients
+    to 1e-5 of the largest (float32 sums over B x T frames of size ~50: the element kernels are no closer)."""
+    monkeypatch.setenv("GRU_BENCH_BLAS", "1")
+    m = make(cell, impl, (0, 1), hidden=hidden, scale=0.1)
+    x = (inputs(2, b=b, t=9) > 0).float()
+    lengths = torch.randint(0, 9, (2, b), generator=torch.Generator().manual_seed(1))
+    lengths[:, 0] = 8
+    fast = loss_and_grads(m, x[:, :, :-1]), nll_and_grads(m, x, lengths)
+    m.fast = "off"
+    ref = loss_and_grads(m, x[:, :, :-1]), nll_and_grads(m, x, lengths)
+    torch.testing.assert_close(fast[0][0], ref[0][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast[1][0], ref[1][0], rtol=1e-6, atol=0)
+    for (_, grads_fast), (_, grads_ref) in zip(fast, ref, strict=True):
+        for name, g in grads_ref.items():
+            top = g.abs().max()
+            assert top > 0, name
+            torch.testing.assert_close(grads_fast[name] / top, g / top, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not hasattr(kernels._TORCH_CPU, "sgemm_"), reason="the batch invariance is MKL's")
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_blas_path_is_bit_identical_across_stack_size_and_padding(cell, impl):
+    """Model 1 of a stack of 3, its 8 sequences padded to 11 and its 7 frames to 10, equals the model
+    alone bit for bit: every product is per model, and MKL's rows do not depend on the rows from 8 on."""
+    assert kernels.use_blas(8, 128)
+    alone, stack = (
+        make(cell, impl, (4,), hidden=128, scale=0.1),
+        make(cell, impl, (3, 4, 5), hidden=128, scale=0.1),
+    )
+    x_alone = (inputs(1, b=8, t=7) > 0).float()
+    lengths_alone = torch.randint(1, 7, (1, 8), generator=torch.Generator().manual_seed(2))
+    x = (inputs(3, b=11, t=10, seed=2) > 0).float()
+    lengths = torch.randint(1, 10, (3, 11), generator=torch.Generator().manual_seed(3))
+    x[1], lengths[1] = 0, 0
+    x[1, :8, :7], lengths[1, :8] = x_alone[0], lengths_alone[0]
+    s_alone, s_stack = alone.nll(x_alone, lengths_alone), stack.nll(x, lengths)
+    s_alone.sum().backward()
+    s_stack.sum().backward()
+    assert torch.equal(s_stack[1, :8], s_alone[0]) and not s_stack[1, 8:].any()
+    for (name, p), q in zip(stack.named_parameters(), alone.parameters(), strict=True):
+        assert torch.equal(p.grad[1], q.grad[0]), name
+
+
+def test_blas_path_selection(monkeypatch):
+    """From batch 8 on and wider than the paper's models; the paper's sizes keep the element kernels."""
+    monkeypatch.delenv("GRU_BENCH_BLAS", raising=False)
+    assert kernels.use_blas(8, 128) and kernels.use_blas(64, 101)
+    assert not any(kernels.use_blas(b, h) for b, h in ((1, 512), (7, 512), (64, 100)))
+    assert not any(kernels.use_blas(64, h) for h in HIDDEN_SIZES.values())
+    monkeypatch.setenv("GRU_BENCH_BLAS", "1")
+    assert kernels.use_blas(1, 6)
+    monkeypatch.setenv("GRU_BENCH_BLAS", "0")
+    assert not kernels.use_blas(64, 512)

@@ -140,16 +140,18 @@ def _transpose(a, out):
 
 @_jit
 def _update(
-    kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, steps, flags, hyper, w, n, v, lo, hi
-):
+    kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, steps, flags, hyper, w, n, v, blas,
+    lo, hi,
+):  # fmt: skip
     """One update of every active model; see the module docstring and Trainer.update (the same steps).
 
     kind: index into KINDS; fused: torch.nn's parameter layout (w_ih, w_hh, b_ih, b_hh, V, c), else the
     paper's (W, U, b, peep or (K, 0), V, c); w: those six (K, m) parameter views. flags rows: active,
     per_frame (in); loss_ok, grad_ok, step (out). hyper rows: lr, mu, rho, 1 - rho, eps, floor, limit,
     noise std of U and of W (0: none). f64: per-sequence NLL sums (K, B), gradient norms (K,), LANES lanes
-    per model. Only models lo..hi-1 are touched (each model's arithmetic is its own: two threads may update
-    disjoint ranges at once)."""
+    per model. blas: the kernels' BLAS path (kernels.use_blas) instead of the element loops. Only models
+    lo..hi-1 are touched (each model's arithmetic is its own: two threads may update disjoint ranges at
+    once)."""
     Kall, B = steps.shape
     steps = steps[lo:hi]
     K = hi - lo
@@ -206,15 +208,26 @@ def _update(
 
     # forward, loss (kernels._NextFrame.forward with nll=True)
     kn._project(x, Wx, bx, xp, steps)
-    if kind == 0:
-        kn._tanh_fwd(xp, Ux, hs, steps)
-    elif kind == 1:
-        kn._gru_fwd(xp, Ux, hs, s0, s1, s2, steps)
-    elif kind == 2:
-        kn._gru_cudnn_fwd(xp, Ux, bhn, hs, s0, s1, s2, s3, steps)
+    if blas:
+        if kind == 0:
+            kn._tanh_fwd_blas(xp, Ux, hs, steps)
+        elif kind == 1:
+            kn._gru_fwd_blas(xp, Ux, hs, s0, s1, s2, steps)
+        elif kind == 2:
+            kn._gru_cudnn_fwd_blas(xp, Ux, bhn, hs, s0, s1, s2, s3, steps)
+        else:
+            kn._lstm_fwd_blas(xp, Ux, peep, hs, s0, s1, s2, steps)
+        kn._readout_blas(hs, V, w[5], logits, steps)
     else:
-        kn._lstm_fwd(xp, Ux, peep, hs, s0, s1, s2, steps)
-    kn._readout(hs, V, w[5], logits, steps)
+        if kind == 0:
+            kn._tanh_fwd(xp, Ux, hs, steps)
+        elif kind == 1:
+            kn._gru_fwd(xp, Ux, hs, s0, s1, s2, steps)
+        elif kind == 2:
+            kn._gru_cudnn_fwd(xp, Ux, bhn, hs, s0, s1, s2, s3, steps)
+        else:
+            kn._lstm_fwd(xp, Ux, peep, hs, s0, s1, s2, steps)
+        kn._readout(hs, V, w[5], logits, steps)
     kn._nll(logits, x, steps, sums, dlog)
 
     # d loss / d logits: each model's sum over sequences, per frame (training.loss mean) or not, as float32
@@ -240,15 +253,26 @@ def _update(
         a[:] = 0
     for a in (db, dc, dbhn):
         a[:] = 0
-    kn._readout_grad(dlog, hs, VTk, dhs, dV, dc, steps)
-    if kind == 0:
-        kn._tanh_bwd(dhs, UTk, hs, dxp, dU, steps)
-    elif kind == 1:
-        kn._gru_bwd(dhs, UTk, hs, s0, s1, s2, dxp, dU, steps)
-    elif kind == 2:
-        kn._gru_cudnn_bwd(dhs, UTk, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
+    if blas:  # these take U and V, the element kernels their transposes
+        kn._readout_grad_blas(dlog, hs, V, dhs, dV, dc, steps)
+        if kind == 0:
+            kn._tanh_bwd_blas(dhs, Ux, hs, dxp, dU, steps)
+        elif kind == 1:
+            kn._gru_bwd_blas(dhs, Ux, hs, s0, s1, s2, dxp, dU, steps)
+        elif kind == 2:
+            kn._gru_cudnn_bwd_blas(dhs, Ux, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
+        else:
+            kn._lstm_bwd_blas(dhs, Ux, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
     else:
-        kn._lstm_bwd(dhs, UTk, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
+        kn._readout_grad(dlog, hs, VTk, dhs, dV, dc, steps)
+        if kind == 0:
+            kn._tanh_bwd(dhs, UTk, hs, dxp, dU, steps)
+        elif kind == 1:
+            kn._gru_bwd(dhs, UTk, hs, s0, s1, s2, dxp, dU, steps)
+        elif kind == 2:
+            kn._gru_cudnn_bwd(dhs, UTk, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
+        else:
+            kn._lstm_bwd(dhs, UTk, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
     kn._project_grad(x, dxp, dW, db, steps)
 
     # the parameters' gradients in their order and layout (autograd's transposes and slice sums)
@@ -278,6 +302,12 @@ def _update(
     lr, mu, rho, omr = hyper[0][lo:hi], hyper[1][lo:hi], hyper[2][lo:hi], hyper[3][lo:hi]
     eps, floor, limit = hyper[4][lo:hi], hyper[5][lo:hi], hyper[6][lo:hi]
     _rmsprop(grads, w, n, v, step, lr, mu, rho, omr, eps, floor, limit, gnorm, clip, keep_v, acc)
+
+
+def _update_group(args: tuple, lo: int, hi: int) -> None:
+    """`_update` of models lo..hi-1 next to the other groups: its sgemm calls on one thread each."""
+    with kn.blas_threads(1):
+        _update(*args, lo, hi)
 
 
 class FastUpdate:
@@ -429,12 +459,12 @@ class FastUpdate:
                     torch.randn(buf.shape[1:], generator=generators[i], out=buf[i])
                     self.hyper[row, i] = std
                     self._last[2] = True
-        args = self._args
+        args = (*self._args, kn.use_blas(b, self.model.hidden))
         if self.pool is None:
             _update(*args, 0, self.k)
         else:
-            others = [self.pool.submit(_update, *args, lo, hi) for lo, hi in self.groups[1:]]
-            _update(*args, *self.groups[0])
+            others = [self.pool.submit(_update_group, args, lo, hi) for lo, hi in self.groups[1:]]
+            _update_group(args, *self.groups[0])
             for f in others:
                 f.result()
         _mark_modified(self.params)

@@ -5,6 +5,8 @@ here one compiled call runs input projection, recurrence and readout. The projec
 (not torch GEMMs) for two reasons: the input one skips zero inputs (piano rolls are >90% zeros), and every
 sum runs in a fixed order per model, so model k's outputs and gradients are bit-identical whatever K is
 and however far the batch is zero-padded (a GEMM's reduction blocking depends on the padded shape).
+From batch 8 on, for models wider than the paper's, the recurrence and readout products go to sgemm
+instead (the BLAS path below, `use_blas`): there, sharing U across the batch beats any element loop.
 
 Kinds: "tanh", "gru" (paper: reset before U), "lstm" (peepholes; zeros = torch's LSTM), "gru_cudnn"
 (torch/cuDNN GRU: n = tanh(xp_n + r * (h U_n + b_hn))). Gate blocks are ordered as in cells.py / torch.
@@ -12,12 +14,18 @@ Kinds: "tanh", "gru" (paper: reset before U), "lstm" (peepholes; zeros = torch's
 
 from __future__ import annotations
 
+import ctypes
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
 
 try:
-    from llvmlite import ir
+    from llvmlite import binding, ir
     from numba import njit, types
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - the pure-torch path takes over
@@ -373,6 +381,374 @@ def _readout_grad(dout, hs, VT, dhs, dV, dc, steps):
                 _vec_mat(g, VT[k], dhs[k, s, t])
 
 
+# --- BLAS path: per-step (B, H) x (H, G*H) products, one product per sequence for dU and the readout -----
+#
+# The element loops above stream U through once per sequence and step; one (B, H) x (H, G*H) product per
+# step shares it across the batch, with a BLAS's register blocking (use_blas says when). These
+# kernels take the same buffers (U and V instead of their transposes) but hand every product to sgemm:
+# forwards h @ U per step for all B rows, backwards g @ U.T per step, and per sequence over all its steps
+# the readout, dV, dhs and dU (a sum over rows, so only steps within the sequence enter it). The gate
+# arithmetic is the element kernels'. What stays exact: model k's numbers do not depend on K or on padding
+# of T, and (with MKL on one thread) not on the batch size either as long as it is >= 8: MKL's row results
+# are the same for every M >= 8 (not below). They match the element kernels to float32 rounding (~1e-6
+# relative), not bit for bit. tests/test_kernels.py checks all of this.
+
+
+def _torch_cpu() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    except OSError:  # pragma: no cover - not a Linux wheel
+        return None
+
+
+_TORCH_CPU = _torch_cpu()
+
+
+def _sgemm_address() -> int | None:
+    """The Fortran sgemm that torch's CPU library exports (MKL in the x86 wheels: as fast as torch.mm, and
+    on torch's threads, `torch.set_num_threads`), else scipy's (OpenBLAS, its own threads), else None."""
+    if hasattr(_TORCH_CPU, "sgemm_"):
+        return ctypes.cast(_TORCH_CPU.sgemm_, ctypes.c_void_p).value
+    try:
+        from numba.extending import get_cython_function_address
+
+        return get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+    except (ImportError, ValueError):  # pragma: no cover - scipy is a dependency
+        return None
+
+
+_SGEMM = _sgemm_address() if njit is not None else None
+if njit is not None:
+    # bound by name, not as a pointer constant, so the kernels calling it stay cacheable on disk
+    binding.add_symbol("gru_bench_sgemm", _SGEMM or 0)
+    _sgemm = types.ExternalFunction("gru_bench_sgemm", types.void(*[types.voidptr] * 13))
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """This thread's sgemm calls use n threads inside the block (MKL's thread-local setting; other BLAS
+    libraries keep theirs): for callers that already run in parallel, like FastUpdate's model groups."""
+    set_local = getattr(_TORCH_CPU, "mkl_set_num_threads_local_", None)  # Fortran: by reference
+    old = set_local(ctypes.byref(ctypes.c_int(n))) if set_local is not None else 0
+    try:
+        yield
+    finally:
+        if set_local is not None:
+            set_local(ctypes.byref(ctypes.c_int(old)))
+
+
+def blas_available() -> bool:
+    """True when the kernels compile and an sgemm was found."""
+    return njit is not None and _SGEMM is not None
+
+
+BLAS_MIN_BATCH = 8
+BLAS_MIN_HIDDEN = 101  # wider than every paper model (tanh 100): the reproduction keeps its exact numbers
+
+
+def use_blas(batch: int, hidden: int) -> bool:
+    """Whether a call on `batch` sequences of a `hidden`-unit model takes the BLAS path.
+
+    GRU_BENCH_BLAS=0 / 1 forces it off / on; by default batch >= BLAS_MIN_BATCH and hidden >=
+    BLAS_MIN_HIDDEN. Speed alone would take it everywhere: it was 1.25-3.5x faster per update at every size
+    measured, batch 1-32 and 46-512 units (docs/models-and-speed.md, "BLAS path"). The limits keep the
+    paper's models, trained at batch 1 and evaluated at batch 64, on the element kernels' exact numbers,
+    and batches below 8 off the sizes where MKL's rows depend on the batch size."""
+    mode = os.environ.get("GRU_BENCH_BLAS", "auto")
+    if mode in ("0", "1"):
+        return mode == "1" and blas_available()
+    return blas_available() and batch >= BLAS_MIN_BATCH and hidden >= BLAS_MIN_HIDDEN
+
+
+@_jit
+def _ld(a):
+    return max(a.strides[0] // 4, a.shape[1], 1)
+
+
+@_jit
+def _gemm(a, b, c, ta, tb, beta):
+    """c = op(a) @ op(b) + beta c; row-major 2-D float32 views with unit inner stride, whose row stride is
+    the leading dimension (column blocks and time slices need no copies); op(x) = x.T where asked.
+    sgemm is column-major: it computes c.T = op(b).T @ op(a).T."""
+    m, n = c.shape
+    kk = a.shape[0] if ta else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    if kk == 0:
+        c *= beta
+        return
+    p = np.array([n, m, kk, _ld(b), _ld(a), _ld(c)], np.int32)
+    f = np.array([1.0, beta], np.float32)
+    tr = np.array([84 if tb else 78, 84 if ta else 78], np.uint8)  # 'T', 'N'
+    _sgemm(tr[:1].ctypes, tr[1:].ctypes, p[:1].ctypes, p[1:].ctypes, p[2:].ctypes, f[:1].ctypes, b.ctypes,
+           p[3:].ctypes, a.ctypes, p[4:].ctypes, f[1:].ctypes, c.ctypes, p[5:].ctypes)  # fmt: skip
+
+
+@_jit
+def _acc_dU(hs, g, dU, steps):
+    """dU += sum over sequences s and steps t >= 1 of outer(hs[s, t - 1], g[s, t]): one product per
+    sequence over its steps (h0 = 0 adds nothing)."""
+    for s in range(steps.shape[0]):
+        m = steps[s]
+        if m > 1:
+            _gemm(hs[s, : m - 1], g[s, 1:m], dU, True, False, ONE)
+
+
+@_jit
+def _tanh_fwd_blas(xp, U, hs, steps):
+    K, B, T, H = hs.shape
+    for k in range(K):
+        for t in range(steps[k].max()):
+            if t > 0:
+                _gemm(hs[k, :, t - 1], U[k], xp[k, :, t], False, False, ONE)
+            for s in range(B):  # rows of C arrays, not of the 2-D views above: those do not vectorise
+                h, a = hs[k, s, t], xp[k, s, t]
+                if t >= steps[k, s]:
+                    h[:] = 0
+                    continue
+                for j in range(H):
+                    h[j] = _tanh(a[j])
+
+
+@_jit
+def _tanh_bwd_blas(dhs, U, hs, dxp, dU, steps):
+    K, B, T, H = hs.shape
+    dh = np.zeros((B, H), F32)
+    for k in range(K):
+        dh[:] = 0
+        for t in range(steps[k].max() - 1, -1, -1):
+            for s in range(B):
+                h, g = hs[k, s, t], dxp[k, s, t]
+                if t >= steps[k, s]:
+                    g[:] = 0
+                    continue
+                for j in range(H):
+                    g[j] = (dhs[k, s, t, j] + dh[s, j]) * (ONE - h[j] * h[j])
+            if t > 0:
+                _gemm(dxp[k, :, t], U[k], dh, False, True, F32(0.0))
+        _acc_dU(hs[k], dxp[k], dU[k], steps[k])
+
+
+@_jit
+def _gru_fwd_blas(xp, U, hs, r, z, n, steps):
+    K, B, T, H = hs.shape
+    zero = np.zeros(H, F32)
+    rh = np.zeros((B, H), F32)
+    for k in range(K):
+        for t in range(steps[k].max()):
+            if t > 0:
+                _gemm(hs[k, :, t - 1], U[k, :, : 2 * H], xp[k, :, t, : 2 * H], False, False, ONE)
+            for s in range(B):  # rows of C arrays, not of the 2-D views above: those do not vectorise
+                if t >= steps[k, s]:
+                    rh[s] = 0
+                    continue
+                hp, a = hs[k, s, t - 1] if t > 0 else zero, xp[k, s, t]
+                for j in range(H):
+                    r[k, s, t, j] = _sig(a[j])
+                    z[k, s, t, j] = _sig(a[H + j])
+                    rh[s, j] = r[k, s, t, j] * hp[j]
+            if t > 0:
+                _gemm(rh, U[k, :, 2 * H :], xp[k, :, t, 2 * H :], False, False, ONE)
+            for s in range(B):
+                if t >= steps[k, s]:
+                    hs[k, s, t] = r[k, s, t] = z[k, s, t] = n[k, s, t] = 0
+                    continue
+                hp, a = hs[k, s, t - 1] if t > 0 else zero, xp[k, s, t]
+                for j in range(H):
+                    n[k, s, t, j] = _tanh(a[2 * H + j])
+                    zj = z[k, s, t, j]
+                    hs[k, s, t, j] = (ONE - zj) * hp[j] + zj * n[k, s, t, j]
+
+
+@_jit
+def _gru_bwd_blas(dhs, U, hs, r, z, n, dxp, dU, steps):
+    K, B, T, H = hs.shape
+    zero = np.zeros(H, F32)
+    dh = np.zeros((B, H), F32)
+    drh = np.zeros((B, H), F32)
+    rh = np.zeros((T, H), F32)
+    for k in range(K):
+        dh[:] = 0
+        for t in range(steps[k].max() - 1, -1, -1):
+            for s in range(B):
+                g = dxp[k, s, t]
+                if t >= steps[k, s]:
+                    g[:] = 0
+                    dh[s] = 0
+                    continue
+                hp = hs[k, s, t - 1] if t > 0 else zero
+                for j in range(H):
+                    d = dhs[k, s, t, j] + dh[s, j]
+                    zj, nj = z[k, s, t, j], n[k, s, t, j]
+                    g[2 * H + j] = d * zj * (ONE - nj * nj)
+                    g[H + j] = d * (nj - hp[j]) * zj * (ONE - zj)
+                    g[j] = 0  # h0 = 0: no reset-gate gradient at t = 0
+                    dh[s, j] = d * (ONE - zj)
+            if t == 0:
+                continue
+            _gemm(dxp[k, :, t, 2 * H :], U[k, :, 2 * H :], drh, False, True, F32(0.0))
+            for s in range(B):
+                if t < steps[k, s]:
+                    hp, g = hs[k, s, t - 1], dxp[k, s, t]
+                    for j in range(H):
+                        rj = r[k, s, t, j]
+                        g[j] = drh[s, j] * hp[j] * rj * (ONE - rj)
+                        dh[s, j] += drh[s, j] * rj
+            _gemm(dxp[k, :, t, : 2 * H], U[k, :, : 2 * H], dh, False, True, ONE)
+        _acc_dU(hs[k], dxp[k, :, :, : 2 * H], dU[k, :, : 2 * H], steps[k])
+        for s in range(B):  # dU_n: (r h) of each step against its n-gate gradient
+            m = steps[k, s]
+            for t in range(1, m):
+                for j in range(H):
+                    rh[t, j] = r[k, s, t, j] * hs[k, s, t - 1, j]
+            if m > 1:
+                _gemm(rh[1:m], dxp[k, s, 1:m, 2 * H :], dU[k, :, 2 * H :], True, False, ONE)
+
+
+@_jit
+def _gru_cudnn_fwd_blas(xp, U, bhn, hs, r, z, n, hn, steps):
+    K, B, T, H = hs.shape
+    zero = np.zeros(H, F32)
+    hu = np.zeros((B, 3 * H), F32)
+    for k in range(K):
+        hu[:] = 0
+        for t in range(steps[k].max()):
+            if t > 0:
+                _gemm(hs[k, :, t - 1], U[k], hu, False, False, F32(0.0))
+            for s in range(B):
+                if t >= steps[k, s]:
+                    hs[k, s, t] = 0
+                    continue
+                hp = hs[k, s, t - 1] if t > 0 else zero
+                a = xp[k, s, t]
+                for j in range(H):
+                    rj = _sig(a[j] + hu[s, j])
+                    zj = _sig(a[H + j] + hu[s, H + j])
+                    hnj = hu[s, 2 * H + j] + bhn[k, j]
+                    nj = _tanh(a[2 * H + j] + rj * hnj)
+                    r[k, s, t, j], z[k, s, t, j], n[k, s, t, j], hn[k, s, t, j] = rj, zj, nj, hnj
+                    hs[k, s, t, j] = (ONE - zj) * nj + zj * hp[j]
+
+
+@_jit
+def _gru_cudnn_bwd_blas(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
+    K, B, T, H = hs.shape
+    zero = np.zeros(H, F32)
+    dh = np.zeros((B, H), F32)
+    gh = np.zeros((B, T, 3 * H), F32)  # gradients of h U (the n block is r times dxp's)
+    for k in range(K):
+        dh[:] = 0
+        for t in range(steps[k].max() - 1, -1, -1):
+            for s in range(B):
+                g, ght = dxp[k, s, t], gh[s, t]
+                if t >= steps[k, s]:
+                    g[:] = 0
+                    ght[:] = 0
+                    dh[s] = 0
+                    continue
+                hp = hs[k, s, t - 1] if t > 0 else zero
+                for j in range(H):
+                    d = dhs[k, s, t, j] + dh[s, j]
+                    rj, zj, nj = r[k, s, t, j], z[k, s, t, j], n[k, s, t, j]
+                    dan = d * (ONE - zj) * (ONE - nj * nj)
+                    g[j] = dan * hn[k, s, t, j] * rj * (ONE - rj)
+                    g[H + j] = d * (hp[j] - nj) * zj * (ONE - zj)
+                    g[2 * H + j] = dan
+                    ght[j], ght[H + j], ght[2 * H + j] = g[j], g[H + j], dan * rj
+                    dbhn[k, j] += dan * rj
+                    dh[s, j] = d * zj
+            if t > 0:
+                _gemm(gh[:, t], U[k], dh, False, True, ONE)
+        _acc_dU(hs[k], gh, dU[k], steps[k])
+
+
+@_jit
+def _lstm_fwd_blas(xp, U, peep, hs, cs, gates, tc, steps):
+    K, B, T, H = hs.shape
+    zero = np.zeros(H, F32)
+    for k in range(K):
+        p = peep[k]
+        for t in range(steps[k].max()):
+            if t > 0:
+                _gemm(hs[k, :, t - 1], U[k], xp[k, :, t], False, False, ONE)
+            for s in range(B):  # rows of C arrays, not of the 2-D views above: those do not vectorise
+                if t >= steps[k, s]:
+                    hs[k, s, t] = cs[k, s, t] = 0
+                    continue
+                cp = cs[k, s, t - 1] if t > 0 else zero
+                gt, at = gates[k, s, t], xp[k, s, t]
+                for j in range(H):
+                    i_ = _sig(at[j] + p[0, j] * cp[j])
+                    f_ = _sig(at[H + j] + p[1, j] * cp[j])
+                    g_ = _tanh(at[2 * H + j])
+                    c_ = f_ * cp[j] + i_ * g_
+                    o_ = _sig(at[3 * H + j] + p[2, j] * c_)
+                    tc_ = _tanh(c_)
+                    gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j] = i_, f_, g_, o_
+                    cs[k, s, t, j], tc[k, s, t, j], hs[k, s, t, j] = c_, tc_, o_ * tc_
+
+
+@_jit
+def _lstm_bwd_blas(dhs, U, peep, hs, cs, gates, tc, dxp, dU, dpeep, steps):
+    K, B, T, H = hs.shape
+    zero = np.zeros(H, F32)
+    dh = np.zeros((B, H), F32)
+    dc = np.zeros((B, H), F32)
+    for k in range(K):
+        p = peep[k]
+        dh[:] = 0
+        dc[:] = 0
+        for t in range(steps[k].max() - 1, -1, -1):
+            for s in range(B):
+                gt, gs = gates[k, s, t], dxp[k, s, t]
+                if t >= steps[k, s]:
+                    gs[:] = 0
+                    dc[s] = 0
+                    continue
+                cp = cs[k, s, t - 1] if t > 0 else zero
+                for j in range(H):
+                    d = dhs[k, s, t, j] + dh[s, j]
+                    i_, f_, g_, o_ = gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j]
+                    tc_ = tc[k, s, t, j]
+                    dao = d * tc_ * o_ * (ONE - o_)
+                    dcj = dc[s, j] + d * o_ * (ONE - tc_ * tc_) + dao * p[2, j]
+                    dai = dcj * g_ * i_ * (ONE - i_)
+                    daf = dcj * cp[j] * f_ * (ONE - f_)
+                    gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j] = dai, daf, dcj * i_ * (ONE - g_ * g_), dao
+                    dpeep[k, 0, j] += dai * cp[j]
+                    dpeep[k, 1, j] += daf * cp[j]
+                    dpeep[k, 2, j] += dao * cs[k, s, t, j]
+                    dc[s, j] = dcj * f_ + dai * p[0, j] + daf * p[1, j]
+            if t > 0:
+                _gemm(dxp[k, :, t], U[k], dh, False, True, F32(0.0))
+        _acc_dU(hs[k], dxp[k], dU[k], steps[k])
+
+
+@_jit
+def _readout_blas(hs, V, c, out, steps):
+    K, B = steps.shape
+    for k in range(K):
+        for s in range(B):
+            o = out[k, s, : steps[k, s]]
+            for t in range(o.shape[0]):
+                o[t] = c[k]
+            _gemm(hs[k, s, : steps[k, s]], V[k], o, False, False, ONE)
+
+
+@_jit
+def _readout_grad_blas(dout, hs, V, dhs, dV, dc, steps):
+    K, B = steps.shape
+    for k in range(K):
+        for s in range(B):
+            m = steps[k, s]
+            g = dout[k, s, :m]
+            for t in range(m):
+                for j in range(g.shape[1]):
+                    dc[k, j] += g[t, j]
+            _gemm(hs[k, s, :m], g, dV[k], True, False, ONE)
+            _gemm(g, V[k], dhs[k, s, :m], False, True, F32(0.0))
+
+
 # --- autograd glue -------------------------------------------------------------------------------------
 
 
@@ -385,6 +761,18 @@ def _buffers(kind: str, hs: np.ndarray, n_gates: int) -> list[np.ndarray]:
 
 _FWD = {"tanh": _tanh_fwd, "gru": _gru_fwd, "gru_cudnn": _gru_cudnn_fwd, "lstm": _lstm_fwd}
 _BWD = {"tanh": _tanh_bwd, "gru": _gru_bwd, "gru_cudnn": _gru_cudnn_bwd, "lstm": _lstm_bwd}
+_FWD_BLAS = {
+    "tanh": _tanh_fwd_blas,
+    "gru": _gru_fwd_blas,
+    "gru_cudnn": _gru_cudnn_fwd_blas,
+    "lstm": _lstm_fwd_blas,
+}
+_BWD_BLAS = {
+    "tanh": _tanh_bwd_blas,
+    "gru": _gru_bwd_blas,
+    "gru_cudnn": _gru_cudnn_bwd_blas,
+    "lstm": _lstm_bwd_blas,
+}
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -433,10 +821,11 @@ class _NextFrame(torch.autograd.Function):
         hs = np.empty((K, B, T, Un.shape[1]), np.float32)
         saved = _buffers(kind, hs, Wn.shape[2])
         ex = [] if extra is None else [_np(extra)]
-        _FWD[kind](xp, Un, *ex, hs, *saved, steps)
+        blas = use_blas(B, Un.shape[1])
+        (_FWD_BLAS if blas else _FWD)[kind](xp, Un, *ex, hs, *saved, steps)
         logits = np.zeros((K, B, T, Vn.shape[2]), np.float32)  # stays 0 after each sequence's end
-        _readout(hs, Vn, _np(c), logits, steps)
-        ctx.kind, ctx.arrays, ctx.dlog = kind, (xn, Un, Vn, ex, hs, saved, steps), None
+        (_readout_blas if blas else _readout)(hs, Vn, _np(c), logits, steps)
+        ctx.kind, ctx.blas, ctx.arrays, ctx.dlog = kind, blas, (xn, Un, Vn, ex, hs, saved, steps), None
         if not nll:
             return torch.from_numpy(logits)
         sums = np.zeros((K, B), np.float64)
@@ -455,12 +844,16 @@ class _NextFrame(torch.autograd.Function):
             with np.errstate(invalid="ignore", over="ignore"):
                 dlogits = ctx.dlog * dout.numpy().astype(np.float32)[:, :, None, None]
         dV, dc, dhs = np.zeros_like(Vn), np.zeros((Vn.shape[0], Vn.shape[2]), np.float32), np.empty_like(hs)
-        _readout_grad(dlogits, hs, _t(Vn), dhs, dV, dc, steps)
+        blas = ctx.blas  # the BLAS kernels take V and U, the element ones their transposes
+        (_readout_grad_blas if blas else _readout_grad)(
+            dlogits, hs, Vn if blas else _t(Vn), dhs, dV, dc, steps
+        )
         dxp = np.empty((*hs.shape[:3], Un.shape[2]), np.float32)
         dU = np.zeros_like(Un)
         dex = [np.zeros_like(e) for e in ex]
         peep = ex if ctx.kind == "lstm" else []  # b_hn is not needed backwards
-        _BWD[ctx.kind](dhs, _t(Un), *peep, hs, *saved, dxp, dU, *dex, steps)
+        U = Un if blas else _t(Un)
+        (_BWD_BLAS if blas else _BWD)[ctx.kind](dhs, U, *peep, hs, *saved, dxp, dU, *dex, steps)
         dW = np.zeros((Un.shape[0], xn.shape[3], Un.shape[2]), np.float32)
         db = np.zeros((Un.shape[0], Un.shape[2]), np.float32)
         _project_grad(xn, dxp, dW, db, steps)

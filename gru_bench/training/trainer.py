@@ -116,8 +116,10 @@ def split_nll(
     Chung et al. (2014) report pylearn2 monitor channels: at batch size 1 the monitor averages the per-frame
     cost over batches, i.e. over sequences, so a short sequence counts as much as a long one. Sequences are
     sorted by length and padded in big batches for speed; masking makes both results independent of the
-    batching, and passing the lengths lets the CPU kernels skip the padding. Models not `active` (stopped)
-    are not evaluated: NaN.
+    batching (bit for bit, except that models wider than the paper's take the kernels' BLAS path in
+    batches of 8 or more, kernels.use_blas, and the last, smaller batch differs from it in float32
+    rounding), and passing the lengths lets the CPU kernels skip the padding. Models not `active`
+    (stopped) are not evaluated: NaN.
     """
     seqs = [x for x in seqs if len(x) > 1]  # a 1-frame sequence predicts nothing
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
