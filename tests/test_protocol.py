@@ -4,8 +4,8 @@ the eval schedule, and successive-halving pruning of search trials."""
 from __future__ import annotations
 
 import csv
-import shutil
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
