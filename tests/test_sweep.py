@@ -24,6 +24,7 @@ from gru_bench.config import CONFIGS_DIR, config_hash
 from gru_bench.data import processed_path
 from gru_bench.errors import UserError
 from gru_bench.experiments import scheduler, sweep
+from gru_bench.report import tables
 from gru_bench.training import rundir
 
 
@@ -315,6 +316,11 @@ def test_variants_are_named_sets_of_overrides_and_datasets_can_be_narrowed(tmp_p
     assert configs["jsb/gru/t-b-seed0"].training.loss == "mean"
     assert configs["jsb/gru/t-b-seed0"].training.max_epochs == 5  # a variant overrides the common overrides
     assert configs["jsb/gru/t-a-seed0"].training.max_epochs == 3
+    # a variant's runs are tagged as such, and the report keeps them out of Table 2 (they are an ablation's)
+    sweep.run_sweep(path, workers=1, runner=fake_train)
+    summary = json.loads((results / "runs" / "jsb" / "gru" / "t-b-seed0" / "summary.json").read_text())
+    assert (summary["sweep"], summary["variant"]) == ("t", "b")
+    assert set(tables.collect_runs(results)["role"]) == {"ablation variant"}
     assert sweep.only_datasets(s, "nottingham") == ["nottingham"]
     with pytest.raises(UserError, match="musedata not in"):
         sweep.only_datasets(s, "musedata")

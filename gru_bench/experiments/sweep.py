@@ -207,6 +207,7 @@ class Point:
     config: Path
     overrides: tuple[str, ...]
     prefix: str
+    variant: str = ""  # the variant of an ablation sweep ("" for none): tagged in summary.json
 
 
 def points(sweep: Sweep) -> list[Point]:
@@ -220,7 +221,9 @@ def points(sweep: Sweep) -> list[Point]:
         config = sweep.path.parent / sweep.config.format(dataset=dataset, model=model)
         tags = [_tag(k, v) for k, v in zip(sweep.grid, combo, strict=True)]
         prefix = "-".join([sweep.name, *([variant] if variant else []), *tags])
-        out.append(Point(dataset, model, config, tuple(override(k, v) for k, v in values.items()), prefix))
+        out.append(
+            Point(dataset, model, config, tuple(override(k, v) for k, v in values.items()), prefix, variant)
+        )
     return out
 
 
@@ -243,7 +246,8 @@ def _seed_runs(
             config=p.config,
             overrides=(*p.overrides, *extra, override(SEED_KEY, seed)),
             run_dir=rundir.run_dir_for(p.dataset, p.model, f"{p.prefix}-seed{seed}"),
-            info={"sweep": sweep.name, **(info or {})},
+            # a variant's runs are an ablation's (`gru-bench ablation`), never a cell of Table 2
+            info={"sweep": sweep.name, **({"variant": p.variant} if p.variant else {}), **(info or {})},
         )
         for seed in sweep.seeds
     ]

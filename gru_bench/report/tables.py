@@ -152,7 +152,7 @@ def _run_row(run_dir: Path, rel: tuple[str, ...]) -> dict[str, Any]:
         "dataset": summ.get("dataset", flat.get("dataset", rel[0])),
         "cell": summ.get("cell", flat.get("model.cell", rel[1] if len(rel) > 1 else "?")),
         "run": "/".join(rel[2:]) or run_dir.name,
-        "role": "search trial" if trial else "run",
+        "role": "search trial" if trial else ("ablation variant" if summ.get("variant") else "run"),
         "status": summ.get("status", "no summary"),
         "problem": problem,
         "group": group_id(s) if s else "",
