@@ -178,7 +178,6 @@ def _update(
 
     # the weights the forward runs with: noisy copies, re-laid out for the kernels in the fused layout
     V = w[4].reshape((K, H, n_in))
-    _transpose(V, VTk)
     if fused:
         w_hh = w[1].reshape((K, GH, H))
         _noisy(w[0].reshape((K, GH, n_in)), _v2(fixed, lay, NOISE_W)[lo:hi], std_w, Wk, True)
@@ -202,7 +201,8 @@ def _update(
         if np.any(std_u != 0):
             _noisy(Ux, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, Uk, False)
             Ux = Uk
-        _transpose(Ux, UTk)
+        if not blas:  # the element kernels' backward takes U transposed, the BLAS ones U
+            _transpose(Ux, UTk)
         peep = w[3].reshape((K, 3, H)) if kind == 3 else _v3(fixed, lay, PK)[lo:hi]
         bhn = _v2(fixed, lay, BHN)[lo:hi]
 
@@ -264,6 +264,7 @@ def _update(
         else:
             kn._lstm_bwd_blas(dhs, Ux, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
     else:
+        _transpose(V, VTk)
         kn._readout_grad(dlog, hs, VTk, dhs, dV, dc, steps)
         if kind == 0:
             kn._tanh_bwd(dhs, UTk, hs, dxp, dU, steps)
@@ -350,18 +351,25 @@ class FastUpdate:
             )
         self.noise_w = len(ids) == 2
         self.params = list(model.parameters())
+        self._params = tuple(self.params)
         h, n_in = model.hidden, model.n_in
         self.lay_fixed, size = _layout(FIXED, _shapes(self.kind, self.fused, self.k, 0, 0, n_in, h))
         self.fixed = np.zeros(size, np.float32)
         self._torch_fixed = torch.from_numpy(self.fixed)
-        # noise buffers per noisy weight, shaped like it: torch.randn draws into them
+        # noise buffers per noisy weight, shaped like it: torch.randn draws into them; per noisy weight
+        # (recurrent, then input) and model, the row drawn into and its shape
         self.noise = [self._view(NOISE_U).view(recurrent.shape), self._view(NOISE_W).view(layer.shape)]
+        noisy_bufs = self.noise[: 1 + self.noise_w]
+        self._noise_rows = [[(buf[i], buf.shape[1:]) for i in range(self.k)] for buf in noisy_bufs]
         self.hyper = np.zeros((9, self.k), np.float32)
         self.hyper[1:7] = [opt._np_mu, opt._np_rho, opt._np_omr, opt._np_eps, opt._np_floor, opt._np_limit]
         self.flags = np.zeros((5, self.k), np.bool_)
         self.flags[1] = list(per_frame)
         self._cap = (0, 0)
-        self._last: list = [None, None, True]  # active, lr, noise set in the last call
+        self._last: list = [None, None, [0.0] * self.k]  # active, lr, noise std set in the last call
+        self._ok = self.flags[2:4]  # loss_ok, grad_ok: what a call returns
+        # kernels.use_blas per batch size, asked once: it reads GRU_BENCH_BLAS, ~2 us a call
+        self._blas: dict[int, bool] = {}
         groups = np.array_split(np.arange(self.k), max(1, min(threads, self.k)))
         self.groups = [(int(g[0]), int(g[-1]) + 1) for g in groups]
         self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
@@ -384,13 +392,15 @@ class FastUpdate:
         self._bind()
 
     def _bind(self) -> None:
-        """The driver's arguments but the model range (built again when a buffer or a view changes)."""
+        """The driver's arguments but the model range, with blas False and True (built again when a buffer
+        or a view changes)."""
         opt = self.opt
         if not hasattr(self, "seq"):
             return
-        self._args = (KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
-        self._args += (self.max_norm, self.fixed, self.seq, self.lay, self.f64, self.steps, self.flags)
-        self._args += (self.hyper, self.w, opt._np_n, opt._np_v)
+        args = (KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
+        args += (self.max_norm, self.fixed, self.seq, self.lay, self.f64, self.steps, self.flags)
+        args += (self.hyper, self.w, opt._np_n, opt._np_v)
+        self._args = ((*args, False), (*args, True))
 
     def _grow(self, b: int, t: int) -> None:
         """(Re)allocate the batch-sized arena for b sequences of up to t frames (t rounded up to 64)."""
@@ -405,6 +415,7 @@ class FastUpdate:
         self.x = self.seq[off : off + int(np.prod(dims))].reshape(dims)
         self.steps = np.zeros((self.k, b), np.int64)
         self.f64 = np.zeros(self.k * (b + 1 + LANES))
+        self._gnorm = self.f64[self.k * b : self.k * (b + 1)]
         self._cap = (b, t)
         self._bind()
 
@@ -433,33 +444,28 @@ class FastUpdate:
         """One update. batch: per model its sequences (T_i, n_in) (None: stopped); noise_std, generators:
         per model (none if empty). Returns per model: loss finite, gradient finite and below the limit, and
         the gradient norm (float64); a model steps where active and both hold."""
-        if [p.data_ptr() for p in self.params] != self._ptrs:
+        if list(map(Tensor.data_ptr, self._params)) != self._ptrs:
             self._weights()
-        seqs = [s or () for s in batch]
-        b, t = max(map(len, seqs)), max((s.shape[0] for ss in seqs for s in ss), default=2)
-        if b > self._cap[0] or t > self._cap[1]:
-            self._grow(b, t)
-        steps, x = self.steps, self.x
-        steps.fill(0)
-        for k, ss in enumerate(seqs):
-            for i, s in enumerate(ss):
-                n = s.shape[0]
-                x[k, i, :n] = s.numpy()
-                steps[k, i] = n - 1
+        b = self._load(batch)
         if active != self._last[0]:  # numpy assignments cost ~1 us each: only on a change
             self.flags[0] = self._last[0] = list(active)
         if lr != self._last[1]:
             self.hyper[0] = self._last[1] = list(lr)
-        if self._last[2]:
-            self.hyper[7:] = 0
-        self._last[2] = False
-        for row, buf in zip((7, 8) if self.noise_w else (7,), self.noise, strict=False):
-            for i, (on, std) in enumerate(zip(active, noise_std, strict=False)):
-                if on and std > 0:  # as training._add_noise draws it: U for every model, then W
-                    torch.randn(buf.shape[1:], generator=generators[i], out=buf[i])
-                    self.hyper[row, i] = std
-                    self._last[2] = True
-        args = (*self._args, kn.use_blas(b, self.model.hidden))
+        std = [s if on and s > 0 else 0.0 for on, s in zip(active, noise_std, strict=False)]
+        std += [0.0] * (self.k - len(std))
+        if std != self._last[2]:
+            self.hyper[7] = std
+            self.hyper[8] = std if self.noise_w else 0.0
+            self._last[2] = std
+        if any(std):  # as training._add_noise draws it: U for every model, then W
+            for rows in self._noise_rows:
+                for i, (out, shape) in enumerate(rows):
+                    if std[i]:
+                        torch.randn(shape, generator=generators[i], out=out)
+        blas = self._blas.get(b)
+        if blas is None:
+            blas = self._blas[b] = kn.use_blas(b, self.model.hidden)
+        args = self._args[blas]
         if self.pool is None:
             _update(*args, 0, self.k)
         else:
@@ -467,7 +473,32 @@ class FastUpdate:
             _update_group(args, *self.groups[0])
             for f in others:
                 f.result()
-        _mark_modified(self.params)
-        k, b = self.k, self._cap[0]
-        loss_ok, grad_ok = self.flags[2:4].tolist()
-        return loss_ok, grad_ok, self.f64[k * b : k * b + k].tolist()
+        _mark_modified(self._params)
+        loss_ok, grad_ok = self._ok.tolist()
+        return loss_ok, grad_ok, self._gnorm.tolist()
+
+    def _load(self, batch: Sequence[Sequence[Tensor] | None]) -> int:
+        """Copy the batch into x and steps (the buffers grown first where it does not fit); its size B."""
+        x, steps = self.x, self.steps
+        cap_b, cap_t = self._cap
+        steps.fill(0)
+        b = 0
+        for k, ss in enumerate(batch):
+            if not ss:
+                continue
+            if len(ss) > cap_b:
+                return self._regrow(batch)
+            b = max(b, len(ss))
+            for i, s in enumerate(ss):
+                n = s.shape[0]
+                if n > cap_t:
+                    return self._regrow(batch)
+                x[k, i, :n] = s.numpy()
+                steps[k, i] = n - 1
+        return b
+
+    def _regrow(self, batch: Sequence[Sequence[Tensor] | None]) -> int:
+        """`_load` of a batch larger than the buffers: grow them, then load."""
+        seqs = [s or () for s in batch]
+        self._grow(max(map(len, seqs)), max((s.shape[0] for ss in seqs for s in ss), default=2))
+        return self._load(batch)
