@@ -30,6 +30,16 @@ def _files(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
 
 
+@pytest.fixture
+def interrupted(tmp_path: Path, tiny_jsb: Path) -> Path:  # noqa: F811
+    """A 3-epoch run of the tiny dataset marked as still running, as if stopped before its summary said so."""
+    assert train(_cfg(tmp_path, "training.max_epochs=3", "run.name=r"), quiet=True)["status"] == "complete"
+    run = tmp_path / "runs" / "jsb" / "gru" / "r"
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    return run
+
+
 def test_resume_of_a_finished_run_without_checkpoints_is_refused_and_rebuild_restores_them(finished: Path):
     best = torch.load(finished / "best.pt", weights_only=True)["model"]
     (finished / "best.pt").unlink()
@@ -77,50 +87,32 @@ def test_rebuild_refuses_runs_that_need_none(finished: Path):
     fails(["train", "--rebuild", finished, "--seed", "3"], "takes no other option")
 
 
-@pytest.mark.usefixtures("tiny_jsb")
-def test_resume_after_editing_config_yaml_is_one_line(tmp_path: Path):
-    cfg = _cfg(tmp_path, "training.max_epochs=3", "run.name=r")
-    run = tmp_path / "runs" / "jsb" / "gru" / "r"
-    train(cfg, quiet=True)
-    summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
-    text = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(text.replace("hidden: 6", "hidden: 7"))
-    before = _files(run)
-    fails(["train", "--resume", run], "config.yaml was edited after the run started", "restore it")
-    assert _files(run) == before
+def test_resume_after_editing_config_yaml_is_one_line(interrupted: Path):
+    text = (interrupted / "config.yaml").read_text()
+    (interrupted / "config.yaml").write_text(text.replace("hidden: 6", "hidden: 7"))
+    before = _files(interrupted)
+    fails(["train", "--resume", interrupted], "config.yaml was edited after the run started", "restore it")
+    assert _files(interrupted) == before
 
 
-@pytest.mark.usefixtures("tiny_jsb")
-def test_damaged_last_pt_offers_restart_in_both_messages(tmp_path: Path):
-    cfg = _cfg(tmp_path, "training.max_epochs=3", "run.name=r")
-    run = tmp_path / "runs" / "jsb" / "gru" / "r"
-    train(cfg, quiet=True)
-    summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
-    (run / "last.pt").write_bytes(b"garbage")
-    restart = f"'gru-bench train --resume {run} --restart'"
-    fails(["train", "--resume", run], "last.pt is damaged", restart)
+def test_damaged_last_pt_offers_restart_in_both_messages(tmp_path: Path, interrupted: Path):
+    (interrupted / "last.pt").write_bytes(b"garbage")
+    restart = f"'gru-bench train --resume {interrupted} --restart'"
+    fails(["train", "--resume", interrupted], "last.pt is damaged", restart)
     args = ["train", "jsb/gru", *(a for o in [*TINY, "training.max_epochs=3"] for a in ("--set", o))]
     fails([*args, "--out", tmp_path / "runs", "--name", "r"], "unfinished run", restart)
-    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--restart", "-q"])
+    result = CliRunner().invoke(app, ["train", "--resume", str(interrupted), "--restart", "-q"])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
-    fails(["train", "--resume", run, "--restart"], "--restart never overwrites it")
+    assert json.loads((interrupted / "summary.json").read_text())["status"] == "complete"
+    fails(["train", "--resume", interrupted, "--restart"], "--restart never overwrites it")
 
 
-@pytest.mark.usefixtures("tiny_jsb")
-def test_a_hand_edited_last_pt_is_a_one_line_error(tmp_path: Path):
+def test_a_hand_edited_last_pt_is_a_one_line_error(interrupted: Path):
     """A checkpoint that loads but does not fit the run (a tensor of another shape): refused, no crash."""
-    cfg = _cfg(tmp_path, "training.max_epochs=3", "run.name=r")
-    run = tmp_path / "runs" / "jsb" / "gru" / "r"
-    train(cfg, quiet=True)
-    summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
-    state = torch.load(run / "last.pt", weights_only=False)
+    state = torch.load(interrupted / "last.pt", weights_only=False)
     state["model"]["U"] = state["model"]["U"][:, :3]  # as if edited by hand
-    torch.save(state, run / "last.pt")
-    line = fails(["train", "--resume", run], "last.pt does not fit", "--restart")
+    torch.save(state, interrupted / "last.pt")
+    line = fails(["train", "--resume", interrupted], "last.pt does not fit", "--restart")
     assert "Traceback" not in line
 
 

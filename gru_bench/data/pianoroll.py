@@ -97,6 +97,11 @@ class Keyboard:
         """The keyboard of a trained model: its layout and its number of note columns."""
         return cls(_LOWEST[layout], width)
 
+    @property
+    def is_piano(self) -> bool:
+        """True for the 88 piano keys, the piano roll's own columns (no mapping needed)."""
+        return (self.lowest, self.width) == (LOWEST_PITCH, N_NOTES)
+
     def _columns(self) -> tuple[slice, slice]:
         """(piano-roll columns, keyboard columns) that hold the same pitches."""
         lo, hi = max(self.lowest, LOWEST_PITCH), min(self.lowest + self.width, LOWEST_PITCH + N_NOTES)
@@ -104,7 +109,7 @@ class Keyboard:
 
     def from_piano(self, roll: np.ndarray) -> np.ndarray:
         """(T, 88) piano roll -> (T, width) frames; a note outside the keyboard is a UserError."""
-        if (self.lowest, self.width) == (LOWEST_PITCH, N_NOTES):
+        if self.is_piano:
             return roll
         piano, keys = self._columns()
         if roll.sum() != roll[:, piano].sum():
@@ -118,7 +123,7 @@ class Keyboard:
 
     def to_piano(self, frames: np.ndarray) -> np.ndarray:
         """(T, width) frames -> (T, 88) piano roll (pitches off the piano are dropped: never on)."""
-        if (self.lowest, self.width) == (LOWEST_PITCH, N_NOTES):
+        if self.is_piano:
             return frames
         piano, keys = self._columns()
         out = np.zeros((len(frames), N_NOTES), frames.dtype)

@@ -26,7 +26,6 @@ from gru_bench.models.cells import GATES
 from gru_bench.models.optim import LANES, StackedRMSProp, _grad_norms, _mark_modified, _rmsprop
 
 _jit = kn._jit
-KINDS = ("tanh", "gru", "gru_cudnn", "lstm")
 
 # views of the weight-sized arena: kernel-layout weights the forward runs with, noise, kernel-layout
 # gradients, and the fused model's gradients in torch.nn's layout
@@ -145,8 +144,8 @@ def _update(
 ):  # fmt: skip
     """One update of every active model; see the module docstring and Trainer.update (the same steps).
 
-    kind: index into KINDS; fused: torch.nn's parameter layout (w_ih, w_hh, b_ih, b_hh, V, c), else the
-    paper's (W, U, b, peep or (K, 0), V, c); w: those six (K, m) parameter views. flags rows: active,
+    kind: index into kernels.KINDS; fused: torch.nn's parameter layout (w_ih, w_hh, b_ih, b_hh, V, c), else
+    the paper's (W, U, b, peep or (K, 0), V, c); w: those six (K, m) parameter views. flags rows: active,
     per_frame (in); loss_ok, grad_ok, step (out). hyper rows: lr, mu, rho, 1 - rho, eps, floor, limit,
     noise std of U and of W (0: none). f64: per-sequence NLL sums (K, B), gradient norms (K,), LANES lanes
     per model. blas: the kernels' BLAS path (kernels.use_blas) instead of the element loops. Only models
@@ -208,26 +207,7 @@ def _update(
 
     # forward, loss (kernels._NextFrame.forward with nll=True)
     kn._project(x, Wx, bx, xp, steps)
-    if blas:
-        if kind == 0:
-            kn._tanh_fwd_blas(xp, Ux, hs, steps)
-        elif kind == 1:
-            kn._gru_fwd_blas(xp, Ux, hs, s0, s1, s2, steps)
-        elif kind == 2:
-            kn._gru_cudnn_fwd_blas(xp, Ux, bhn, hs, s0, s1, s2, s3, steps)
-        else:
-            kn._lstm_fwd_blas(xp, Ux, peep, hs, s0, s1, s2, steps)
-        kn._readout_blas(hs, V, w[5], logits, steps)
-    else:
-        if kind == 0:
-            kn._tanh_fwd(xp, Ux, hs, steps)
-        elif kind == 1:
-            kn._gru_fwd(xp, Ux, hs, s0, s1, s2, steps)
-        elif kind == 2:
-            kn._gru_cudnn_fwd(xp, Ux, bhn, hs, s0, s1, s2, s3, steps)
-        else:
-            kn._lstm_fwd(xp, Ux, peep, hs, s0, s1, s2, steps)
-        kn._readout(hs, V, w[5], logits, steps)
+    kn._forward(kind, blas, xp, Ux, peep, bhn, hs, s0, s1, s2, s3, V, w[5], logits, steps)
     kn._nll(logits, x, steps, sums, dlog)
 
     # d loss / d logits: each model's sum over sequences, per frame (training.loss mean) or not, as float32
@@ -253,27 +233,10 @@ def _update(
         a[:] = 0
     for a in (db, dc, dbhn):
         a[:] = 0
-    if blas:  # these take U and V, the element kernels their transposes
-        kn._readout_grad_blas(dlog, hs, V, dhs, dV, dc, steps)
-        if kind == 0:
-            kn._tanh_bwd_blas(dhs, Ux, hs, dxp, dU, steps)
-        elif kind == 1:
-            kn._gru_bwd_blas(dhs, Ux, hs, s0, s1, s2, dxp, dU, steps)
-        elif kind == 2:
-            kn._gru_cudnn_bwd_blas(dhs, Ux, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
-        else:
-            kn._lstm_bwd_blas(dhs, Ux, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
-    else:
+    if not blas:  # the element kernels take U and V transposed
         _transpose(V, VTk)
-        kn._readout_grad(dlog, hs, VTk, dhs, dV, dc, steps)
-        if kind == 0:
-            kn._tanh_bwd(dhs, UTk, hs, dxp, dU, steps)
-        elif kind == 1:
-            kn._gru_bwd(dhs, UTk, hs, s0, s1, s2, dxp, dU, steps)
-        elif kind == 2:
-            kn._gru_cudnn_bwd(dhs, UTk, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
-        else:
-            kn._lstm_bwd(dhs, UTk, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
+    UV = (Ux, V) if blas else (UTk, VTk)
+    kn._backward(kind, blas, dlog, *UV, peep, hs, s0, s1, s2, s3, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps)
     kn._project_grad(x, dxp, dW, db, steps)
 
     # the parameters' gradients in their order and layout (autograd's transposes and slice sums)
@@ -397,7 +360,7 @@ class FastUpdate:
         opt = self.opt
         if not hasattr(self, "seq"):
             return
-        args = (KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
+        args = (kn.KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
         args += (self.max_norm, self.fixed, self.seq, self.lay, self.f64, self.steps, self.flags)
         args += (self.hyper, self.w, opt._np_n, opt._np_v)
         self._args = ((*args, False), (*args, True))
