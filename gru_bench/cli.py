@@ -55,6 +55,9 @@ def main(
     ),
 ) -> None:
     """Global options; they set the environment variables, so sweep workers use the same folders."""
+    from gru_bench.config import exact_mkl
+
+    exact_mkl()  # before any MKL call of this process; sweep workers inherit it
     for env, value in ((paths.DATA_ENV, data_dir), (paths.RESULTS_ENV, results_dir)):
         if value is not None:
             os.environ[env] = str(value.expanduser().resolve())

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# MKL's AVX-512 kernels (Intel CPUs) round a row of a product by the number of rows and by where the data lie
-# in memory; its strict reproducible AVX2 branch does not, which the BLAS path's bit-identity tests need
-# (docs/models-and-speed.md, "BLAS path"). MKL reads this at its first call, after this import.
-os.environ.setdefault("MKL_CBWR", "AVX2,STRICT")
+from gru_bench.config import exact_mkl
+
+exact_mkl()  # as the CLI does: the BLAS path's bit-identity tests need MKL's reproducible branch
 
 SHARED = Path(os.environ.get("GRU_BENCH_SHARED", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 

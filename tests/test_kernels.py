@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -257,6 +259,21 @@ def test_blas_path_is_bit_identical_across_stack_size_and_padding(cell, impl):
     assert torch.equal(s_stack[1, :8], s_alone[0]) and not s_stack[1, 8:].any()
     for (name, p), q in zip(stack.named_parameters(), alone.parameters(), strict=True):
         assert torch.equal(p.grad[1], q.grad[0]), name
+
+
+def test_the_cli_asks_mkl_for_its_reproducible_branch_unless_told_otherwise(monkeypatch):
+    """The invariance above needs MKL_CBWR=AVX2,STRICT on Intel CPUs: every command sets it before MKL's
+    first call (sweep workers inherit it), and a branch the user chose is kept."""
+    from typer.testing import CliRunner
+
+    from gru_bench.cli import app
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    assert CliRunner().invoke(app, ["--paths"]).exit_code == 0
+    assert os.environ["MKL_CBWR"] == "AVX2,STRICT"
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    assert CliRunner().invoke(app, ["--paths"]).exit_code == 0
+    assert os.environ["MKL_CBWR"] == "AUTO"
 
 
 def test_blas_path_selection(monkeypatch):
