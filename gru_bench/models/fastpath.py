@@ -313,8 +313,7 @@ class FastUpdate:
                 "weight noise must be on the recurrent weights, or on them and the input weights"
             )
         self.noise_w = len(ids) == 2
-        self.params = list(model.parameters())
-        self._params = tuple(self.params)
+        self.params = tuple(model.parameters())
         h, n_in = model.hidden, model.n_in
         self.lay_fixed, size = _layout(FIXED, _shapes(self.kind, self.fused, self.k, 0, 0, n_in, h))
         self.fixed = np.zeros(size, np.float32)
@@ -407,7 +406,7 @@ class FastUpdate:
         """One update. batch: per model its sequences (T_i, n_in) (None: stopped); noise_std, generators:
         per model (none if empty). Returns per model: loss finite, gradient finite and below the limit, and
         the gradient norm (float64); a model steps where active and both hold."""
-        if list(map(Tensor.data_ptr, self._params)) != self._ptrs:
+        if list(map(Tensor.data_ptr, self.params)) != self._ptrs:
             self._weights()
         b = self._load(batch)
         if active != self._last[0]:  # numpy assignments cost ~1 us each: only on a change
@@ -436,7 +435,7 @@ class FastUpdate:
             _update_group(args, *self.groups[0])
             for f in others:
                 f.result()
-        _mark_modified(self._params)
+        _mark_modified(self.params)
         loss_ok, grad_ok = self._ok.tolist()
         return loss_ok, grad_ok, self._gnorm.tolist()
 

@@ -191,7 +191,7 @@ def per_model_norm(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) 
     return torch.linalg.vector_norm(torch.stack(parts, dim=1), dim=1)
 
 
-def _mark_modified(tensors: list[Tensor]) -> None:
+def _mark_modified(tensors: Sequence[Tensor]) -> None:
     """Bump the autograd version counters of tensors written through numpy views, as an in-place torch op
     would (so that a graph that saved them still refuses to backpropagate through the old values)."""
     try:
