@@ -199,6 +199,7 @@ def test_zero_skipping_projection_equals_the_dense_sum_bit_for_bit():
     rng = np.random.default_rng(0)
     x = ((rng.random((2, 3, 7, N_IN)) < 0.05) * rng.normal(size=(2, 3, 7, N_IN))).astype(np.float32)
     x[0, 0, 0] = 0  # a silent frame
+    x[1, 2, 1, :10] = rng.normal(size=10)  # a ten-note chord: two passes of four rows and two single rows
     W, b = rng.normal(size=(2, N_IN, 12)).astype(np.float32), rng.normal(size=(2, 12)).astype(np.float32)
     steps = np.array([[7, 3, 0], [7, 7, 5]])
     xp = np.zeros((2, 3, 7, 12), np.float32)
@@ -210,6 +211,38 @@ def test_zero_skipping_projection_equals_the_dense_sum_bit_for_bit():
         for s in range(3):
             n = steps[k, s]
             assert np.array_equal(xp[k, s, :n], dense[k, s, :n]) and not xp[k, s, n:].any()
+
+
+@pytest.mark.parametrize("rev", [False, True])
+def test_blocked_outer_products_add_in_the_order_of_one_step_at_a_time(rev):
+    """dU and dV sum their per-step outer products four steps per pass: bit for bit the per-step sums."""
+    rng = np.random.default_rng(1)
+    for n in range(10):
+        vs, gs = rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, 13)).astype(np.float32)
+        start = rng.normal(size=(5, 9)).astype(np.float32)
+        blocked, stepwise = start.copy(), start.copy()
+        kernels._outer_acc_steps(vs, gs, 2, 11, blocked, rev)
+        for t in range(n - 1, -1, -1) if rev else range(n):
+            kernels._outer_acc(vs[t], gs[t, 2:11], stepwise)
+        assert np.array_equal(blocked, stepwise)
+
+
+def test_numba_cache_goes_when_a_compiled_source_changes(tmp_path):
+    """numba checks a cached function against its own file only; a change to any file of the compiled
+    update must drop the cache of all of them."""
+    for name in kernels.COMPILED:
+        (tmp_path / name).write_text("x = 1\n")
+    assert not kernels.drop_stale_cache(tmp_path)  # nothing cached yet: the sources' hash is stored
+    cache = tmp_path / "__pycache__"
+    files = [cache / "fastpath._update-140.py311.nbi", cache / "kernels._gru_fwd-9.py311.1.nbc"]
+    other = cache / "training.f-3.py311.nbi"
+    for f in [*files, other]:
+        f.write_bytes(b"")
+    assert not kernels.drop_stale_cache(tmp_path) and all(f.exists() for f in files)
+    (tmp_path / "kernels.py").write_text("x = 2\n")
+    assert kernels.drop_stale_cache(tmp_path)
+    assert not any(f.exists() for f in files) and other.exists()
+    assert not kernels.drop_stale_cache(tmp_path)
 
 
 @pytest.mark.parametrize("b,hidden", [(8, 128), (32, 256), (3, 6)])

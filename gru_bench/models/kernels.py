@@ -15,6 +15,7 @@ Kinds: "tanh", "gru" (paper: reset before U), "lstm" (peepholes; zeros = torch's
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,45 @@ _jit = njit(**_OPTIONS) if njit is not None else (lambda f: f)
 ONE = np.float32(1.0)
 TWO = np.float32(2.0)
 F32 = np.float32
+# the modules whose compiled functions call each other (fastpath's update runs these kernels and optim's
+# passes)
+COMPILED = ("kernels.py", "fastpath.py", "optim.py")
+
+
+def drop_stale_cache(folder: Path = Path(__file__).parent) -> bool:
+    """Delete the numba disk cache of the COMPILED modules in `folder` when any of their sources changed.
+
+    numba checks a cached function against its own file only: after an edit of kernels.py, fastpath's
+    update would still load its cached machine code with the old kernels compiled in. So the cache goes
+    as a whole when the hash of the sources differs from the one stored with it. Returns whether it went."""
+    cache = folder / "__pycache__"
+    digest = hashlib.sha256(b"".join((folder / name).read_bytes() for name in COMPILED)).hexdigest()
+    stamp = cache / "numba-sources.sha256"
+    try:
+        if stamp.read_text() == digest:
+            return False
+    except OSError:
+        pass
+    stale = [
+        f
+        for name in COMPILED
+        for pattern in ("*.nbi", "*.nbc")
+        for f in cache.glob(Path(name).stem + "." + pattern)
+    ]
+    try:
+        for f in stale:
+            f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}")
+        tmp.write_text(digest)
+        tmp.replace(stamp)
+    except OSError:  # a read-only install: numba keeps its cache elsewhere, replaced with the package
+        return False
+    return bool(stale)
+
+
+if njit is not None:
+    drop_stale_cache()
 
 
 def available() -> bool:
@@ -93,46 +133,74 @@ def _tanh(a):
 
 
 @_jit
+def _nonzero(v, on):
+    """on[: m] = the indices of v's non-zero entries in order; returns m. Branch-free: a piano-roll frame
+    has ~4 of 88 notes on at random places, which a branch per entry mispredicts."""
+    m = 0
+    for i in range(v.shape[0]):
+        on[m] = i
+        m += v[i] != 0
+    return m
+
+
+@_jit
 def _project(x, W, b, xp, steps):
     """xp = x @ W + b per (k, sequence, step), skipping zero inputs."""
     K, B, T, n_in = x.shape
+    on = np.empty(n_in, np.int64)
     for k in range(K):
         for s in range(B):
             for t in range(steps[k, s]):
                 out = xp[k, s, t]
                 out[:] = b[k]
-                for i in range(n_in):
-                    v = x[k, s, t, i]
-                    if v != 0:
-                        for j in range(out.shape[0]):
-                            out[j] += v * W[k, i, j]
+                m = _nonzero(x[k, s, t], on)
+                q = 0
+                while q + 4 <= m:  # four rows per pass over out, each element's sum in the same order
+                    i0, i1, i2, i3 = on[q], on[q + 1], on[q + 2], on[q + 3]
+                    v0, v1, v2, v3 = x[k, s, t, i0], x[k, s, t, i1], x[k, s, t, i2], x[k, s, t, i3]
+                    w0, w1, w2, w3 = W[k, i0], W[k, i1], W[k, i2], W[k, i3]
+                    for j in range(out.shape[0]):
+                        out[j] = (((out[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
+                    q += 4
+                for i in on[q:m]:
+                    v, w = x[k, s, t, i], W[k, i]
+                    for j in range(out.shape[0]):
+                        out[j] += v * w[j]
 
 
 @_jit
 def _project_grad(x, dxp, dW, db, steps):
     K, B, T, n_in = x.shape
+    on = np.empty(n_in, np.int64)
     for k in range(K):
         for s in range(B):
             for t in range(steps[k, s]):
                 g = dxp[k, s, t]
                 for j in range(g.shape[0]):
                     db[k, j] += g[j]
-                for i in range(n_in):
-                    v = x[k, s, t, i]
-                    if v != 0:
-                        for j in range(g.shape[0]):
-                            dW[k, i, j] += v * g[j]
+                for q in range(_nonzero(x[k, s, t], on)):
+                    v, dw = x[k, s, t, on[q]], dW[k, on[q]]
+                    for j in range(g.shape[0]):
+                        dw[j] += v * g[j]
 
 
 @_jit
 def _vec_mat(v, M, out):
     """out += v @ M[:, : len(out)] (inner loop contiguous, vectorises; a column offset would not: numba's
     negative-index wraparound on a runtime offset blocks it, 9x slower)."""
-    n = out.shape[0]
-    for i in range(v.shape[0]):
-        vi = v[i]
+    n, m = out.shape[0], v.shape[0]
+    i = 0
+    while i + 4 <= m:
+        v0, v1, v2, v3 = v[i], v[i + 1], v[i + 2], v[i + 3]
+        r0, r1, r2, r3 = M[i], M[i + 1], M[i + 2], M[i + 3]
         for j in range(n):
-            out[j] += vi * M[i, j]
+            out[j] = (((out[j] + v0 * r0[j]) + v1 * r1[j]) + v2 * r2[j]) + v3 * r3[j]
+        i += 4
+    while i < m:
+        vi, r = v[i], M[i]
+        for j in range(n):
+            out[j] += vi * r[j]
+        i += 1
 
 
 @_jit
@@ -143,6 +211,43 @@ def _outer_acc(v, g, dM):
         vi = v[i]
         for j in range(n):
             dM[i, j] += vi * g[j]
+
+
+@_jit
+def _outer_acc_steps(vs, gs, c0, c1, dM, rev):
+    """dM[:, : c1 - c0] += outer(vs[t], gs[t, c0:c1]) for every row t, in order (last to first if rev).
+
+    Each element gets the additions of one _outer_acc per row, in the same order, so the sum is bit for
+    bit the same; taking four rows per pass over dM quarters its loads and stores, which bound the per-row
+    loop (these products are ~40% of the element kernels' backward). So the backward kernels keep each
+    step's gradients and accumulate dU (and the readout dV) after a sequence's recurrence."""
+    n = vs.shape[0]
+    q = 0
+    while q + 4 <= n:
+        t0, d = (n - 1 - q, -1) if rev else (q, 1)
+        v0, v1, v2, v3 = vs[t0], vs[t0 + d], vs[t0 + 2 * d], vs[t0 + 3 * d]
+        g0, g1, g2 = gs[t0, c0:c1], gs[t0 + d, c0:c1], gs[t0 + 2 * d, c0:c1]
+        g3 = gs[t0 + 3 * d, c0:c1]
+        for i in range(vs.shape[1]):
+            a0, a1, a2, a3 = v0[i], v1[i], v2[i], v3[i]
+            row = dM[i]
+            for j in range(c1 - c0):
+                row[j] = (((row[j] + a0 * g0[j]) + a1 * g1[j]) + a2 * g2[j]) + a3 * g3[j]
+        q += 4
+    while q < n:
+        t = n - 1 - q if rev else q
+        _outer_acc(vs[t], gs[t, c0:c1], dM)
+        q += 1
+
+
+@_jit
+def _seq_dU(hs, gs, c0, c1, dU, n):
+    """dU[:, : c1 - c0] += outer(h_{t-1}, gs[t, c0:c1]) for t = n - 1 down to 0 (h_{-1} = 0): a sequence's
+    recurrent-weight gradient, in the order of its backward pass."""
+    if n > 1:
+        _outer_acc_steps(hs[: n - 1], gs[1:n], c0, c1, dU, True)
+    if n > 0:
+        _outer_acc(np.zeros(hs.shape[1], F32), gs[0, c0:c1], dU)
 
 
 # --- the gate arithmetic of one step and sequence, shared by the element and the BLAS kernels ----------
@@ -291,18 +396,16 @@ def _tanh_fwd(xp, U, hs, steps):
 @_jit
 def _tanh_bwd(dhs, UT, hs, dxp, dU, steps):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
     dh = np.zeros(H, F32)
     for k in range(K):
         for s in range(B):
             dh[:] = 0
             for t in range(steps[k, s] - 1, -1, -1):
-                hp = hs[k, s, t - 1] if t > 0 else zero
                 g = dxp[k, s, t]
                 _tanh_step_bwd(dhs[k, s, t], dh, hs[k, s, t], g)
-                _outer_acc(hp, g, dU[k])
                 dh[:] = 0
                 _vec_mat(g, UT[k], dh)
+            _seq_dU(hs[k, s], dxp[k, s], 0, H, dU[k], steps[k, s])
 
 
 # --- paper GRU: r, z = sig(xp_rz + h U_rz); n = tanh(xp_n + (r h) U_n); h' = (1 - z) h + z n ---------
@@ -332,7 +435,7 @@ def _gru_bwd(dhs, UT, hs, r, z, n, dxp, dU, steps):
     zero = np.zeros(H, F32)
     dh = np.zeros(H, F32)
     drh = np.zeros(H, F32)
-    rh = np.zeros(H, F32)
+    rh = np.zeros((T, H), F32)  # r * hp per step: U_n's input
     for k in range(K):
         dUn = np.zeros((H, H), F32)  # accumulated apart, see _vec_mat
         for s in range(B):
@@ -342,13 +445,13 @@ def _gru_bwd(dhs, UT, hs, r, z, n, dxp, dU, steps):
                 g = dxp[k, s, t]
                 _gru_new_bwd(dhs[k, s, t], dh, hp, z[k, s, t], n[k, s, t], g)
                 for j in range(H):
-                    rh[j] = r[k, s, t, j] * hp[j]
+                    rh[t, j] = r[k, s, t, j] * hp[j]
                 drh[:] = 0
                 _vec_mat(g[2 * H :], UT[k, 2 * H :], drh)
-                _outer_acc(rh, g[2 * H :], dUn)
                 _gru_rz_bwd(drh, hp, r[k, s, t], g, dh)
-                _outer_acc(hp, g[: 2 * H], dU[k])
                 _vec_mat(g[: 2 * H], UT[k, : 2 * H], dh)
+            _outer_acc_steps(rh[: steps[k, s]], dxp[k, s], 2 * H, 3 * H, dUn, True)
+            _seq_dU(hs[k, s], dxp[k, s], 0, 2 * H, dU[k], steps[k, s])
         dU[k, :, 2 * H :] = dUn
 
 
@@ -376,18 +479,18 @@ def _gru_cudnn_bwd(dhs, UT, hs, r, z, n, hn, dxp, dU, dbhn, steps):
     K, B, T, H = hs.shape
     zero = np.zeros(H, F32)
     dh = np.zeros(H, F32)
-    gh = np.zeros(3 * H, F32)
+    gh = np.zeros((T, 3 * H), F32)  # per step: the gradient of hp U
     for k in range(K):
         for s in range(B):
             dh[:] = 0
             for t in range(steps[k, s] - 1, -1, -1):
                 hp = hs[k, s, t - 1] if t > 0 else zero
                 _gru_cudnn_step_bwd(
-                    dhs[k, s, t], dh, hp, r[k, s, t], z[k, s, t], n[k, s, t], hn[k, s, t], dxp[k, s, t], gh,
-                    dbhn[k],
+                    dhs[k, s, t], dh, hp, r[k, s, t], z[k, s, t], n[k, s, t], hn[k, s, t], dxp[k, s, t],
+                    gh[t], dbhn[k],
                 )  # fmt: skip
-                _outer_acc(hp, gh, dU[k])
-                _vec_mat(gh, UT[k], dh)
+                _vec_mat(gh[t], UT[k], dh)
+            _seq_dU(hs[k, s], gh, 0, 3 * H, dU[k], steps[k, s])
 
 
 # --- LSTM with peepholes (Graves 2013), gates i, f, g, o; o peeks at the new cell --------------------
@@ -419,15 +522,14 @@ def _lstm_bwd(dhs, UT, peep, hs, cs, gates, tc, dxp, dU, dpeep, steps):
             dh[:] = 0
             dc[:] = 0
             for t in range(steps[k, s] - 1, -1, -1):
-                hp = hs[k, s, t - 1] if t > 0 else zero
                 cp = cs[k, s, t - 1] if t > 0 else zero
                 g = dxp[k, s, t]
                 _lstm_step_bwd(
                     dhs[k, s, t], dh, dc, peep[k], cp, gates[k, s, t], tc[k, s, t], cs[k, s, t], g, dpeep[k]
                 )
-                _outer_acc(hp, g, dU[k])
                 dh[:] = 0
                 _vec_mat(g, UT[k], dh)
+            _seq_dU(hs[k, s], dxp[k, s], 0, 4 * H, dU[k], steps[k, s])
 
 
 # --- linear readout: logits = h @ V + c, summed over steps in sequence order -------------------------
@@ -454,9 +556,9 @@ def _readout_grad(dout, hs, VT, dhs, dV, dc, steps):
                 g = dout[k, s, t]
                 for j in range(g.shape[0]):
                     dc[k, j] += g[j]
-                _outer_acc(hs[k, s, t], g, dV[k])
                 dhs[k, s, t] = 0
                 _vec_mat(g, VT[k], dhs[k, s, t])
+            _outer_acc_steps(hs[k, s, : steps[k, s]], dout[k, s], 0, dout.shape[3], dV[k], False)
 
 
 # --- BLAS path: per-step (B, H) x (H, G*H) products, one product per sequence for dU and the readout -----
@@ -872,15 +974,18 @@ def _nll(logits, x, steps, sums, dlog):
     K, B = steps.shape
     zero = F32(0.0)
     acc = np.empty(logits.shape[3], np.float64)
+    term = np.empty(logits.shape[3], F32)
     for k in range(K):
         for s in range(B):
             acc[:] = 0.0
             for t in range(steps[k, s]):
                 a, y, d = logits[k, s, t], x[k, s, t + 1], dlog[k, s, t]
-                for j in range(acc.shape[0]):
+                for j in range(acc.shape[0]):  # float32 only: 8 lanes wide
                     e = _exp(-abs(a[j]))  # stable: log(1 + exp(-|a|)) never overflows
-                    acc[j] += max(a[j], zero) - a[j] * y[j] + _log1p01(e)
+                    term[j] = max(a[j], zero) - a[j] * y[j] + _log1p01(e)
                     d[j] = (ONE if a[j] >= zero else e) / (ONE + e) - y[j]
+                for j in range(acc.shape[0]):  # apart: float64 would make the loop above 4 lanes wide
+                    acc[j] += term[j]
             sums[k, s] = acc.sum()
 
 
