@@ -29,11 +29,11 @@ _jit = kn._jit
 
 # views of the weight-sized arena: kernel-layout weights the forward runs with, noise, kernel-layout
 # gradients, and the fused model's gradients in torch.nn's layout
-FIXED = ("Wk", "Uk", "UT", "VT", "bk", "bhn", "pk", "noise_u", "noise_w", "dW", "db", "dU", "dV", "dc")
+FIXED = ("Wk", "Uk", "bk", "bhn", "pk", "noise_u", "noise_w", "dW", "db", "dU", "dV", "dc")
 FIXED += ("dpeep", "dbhn", "gw_ih", "gw_hh", "gb_hh")
 # views of the batch-sized arena; s0..s3: what the recurrence keeps for its backward (see kernels._buffers)
 SEQ = ("x", "xp", "hs", "s0", "s1", "s2", "s3", "logits", "dlog", "dhs", "dxp")
-(WK, UK, UT, VT, BK, BHN, PK, NOISE_U, NOISE_W, DW, DB, DU, DV, DC, DPEEP, DBHN, GW_IH, GW_HH, GB_HH) = range(
+(WK, UK, BK, BHN, PK, NOISE_U, NOISE_W, DW, DB, DU, DV, DC, DPEEP, DBHN, GW_IH, GW_HH, GB_HH) = range(
     len(FIXED)
 )
 X, XP, HS, S0, S1, S2, S3, LOGITS, DLOG, DHS, DXP = range(len(FIXED), len(FIXED) + len(SEQ))
@@ -47,8 +47,6 @@ def _shapes(kind: str, fused: bool, k: int, b: int, t: int, n_in: int, h: int) -
     return {
         "Wk": (k, n_in, gh),
         "Uk": (k, h, gh),
-        "UT": (k, gh, h),
-        "VT": (k, n_in, h),
         "bk": (k, gh) if fused else none,
         "bhn": (k, h) if kind == "gru_cudnn" else none,
         "pk": (k, 3, h) if kind == "lstm" else none,
@@ -166,7 +164,6 @@ def _update(
     )
     logits, dxp = _v4(seq, lay, LOGITS)[lo:hi], _v4(seq, lay, DXP)[lo:hi]
     Wk, Uk = _v3(fixed, lay, WK)[lo:hi], _v3(fixed, lay, UK)[lo:hi]
-    UTk, VTk = _v3(fixed, lay, UT)[lo:hi], _v3(fixed, lay, VT)[lo:hi]
     n_in, H, GH = Wk.shape[1], Uk.shape[1], Uk.shape[2]
     sums = f64[: Kall * B].reshape((Kall, B))[lo:hi]
     gnorm = f64[Kall * B + lo : Kall * B + hi]
@@ -180,8 +177,7 @@ def _update(
     if fused:
         w_hh = w[1].reshape((K, GH, H))
         _noisy(w[0].reshape((K, GH, n_in)), _v2(fixed, lay, NOISE_W)[lo:hi], std_w, Wk, True)
-        _noisy(w_hh, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, UTk, False)  # noisy w_hh is U transposed
-        _transpose(UTk, Uk)
+        _noisy(w_hh, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, Uk, True)  # w_hh is U transposed
         Wx, Ux, bx = Wk, Uk, _v2(fixed, lay, BK)[lo:hi]
         b_ih, b_hh = w[2], w[3]
         for k in range(K):  # b_ih + b_hh, the cuDNN GRU's b_hn kept apart (stacked._kernel_forward)
@@ -200,8 +196,6 @@ def _update(
         if np.any(std_u != 0):
             _noisy(Ux, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, Uk, False)
             Ux = Uk
-        if not blas:  # the element kernels' backward takes U transposed, the BLAS ones U
-            _transpose(Ux, UTk)
         peep = w[3].reshape((K, 3, H)) if kind == 3 else _v3(fixed, lay, PK)[lo:hi]
         bhn = _v2(fixed, lay, BHN)[lo:hi]
 
@@ -233,10 +227,7 @@ def _update(
         a[:] = 0
     for a in (db, dc, dbhn):
         a[:] = 0
-    if not blas:  # the element kernels take U and V transposed
-        _transpose(V, VTk)
-    UV = (Ux, V) if blas else (UTk, VTk)
-    kn._backward(kind, blas, dlog, *UV, peep, hs, s0, s1, s2, s3, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps)
+    kn._backward(kind, blas, dlog, Ux, V, peep, hs, s0, s1, s2, s3, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps)
     kn._project_grad(x, dxp, dW, db, steps)
 
     # the parameters' gradients in their order and layout (autograd's transposes and slice sums)
