@@ -60,6 +60,8 @@ report: venv
 bench: venv
 	$(GB) bench --hidden 46,128,256,512 --out results/bench/bench.csv
 	$(GB) bench --dataset jsb --out results/bench/epoch_jsb.csv
+	$(GB) bench --cells gru --impls paper --batch-sizes 1 --lengths 1,60,250 --hidden 46 --repeats 30 --no-figure \
+		--out results/bench/batch1.csv
 
 # One sample per run (MIDI, piano roll, WAV, mp3/ogg) into results/samples/<dataset>-<cell>-<run>.*, e.g.
 #   make samples RUNS="results/runs/jsb/tanh/seed0 results/runs/jsb/lstm/seed0 results/runs/jsb/gru/seed0"

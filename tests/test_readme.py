@@ -46,7 +46,8 @@ def test_blocks_are_rewritten_and_the_rest_is_kept(tmp_path: Path) -> None:
     doc = _doc(
         tmp_path,
         "# title\n\n<!-- gru-bench:table2 -->\nhand-typed 9.99\n<!-- /gru-bench:table2 -->\n\nprose\n"
-        "<!-- gru-bench:bench -->\n<!-- /gru-bench:bench -->\nend\n"
+        "<!-- gru-bench:bench -->\n<!-- /gru-bench:bench -->\n"
+        "<!-- gru-bench:bench-batch1 -->\n<!-- /gru-bench:bench-batch1 -->\nend\n"
         "`<!-- gru-bench:table2 -->` in a sentence is no block\n",
     )
     assert update_files([doc], REPORT, BENCH) == [doc]
@@ -58,6 +59,7 @@ def test_blocks_are_rewritten_and_the_rest_is_kept(tmp_path: Path) -> None:
     first_row = next(line for line in table2.splitlines() if line.startswith("| jsb |"))
     assert first_row in text
     assert "| gru | torch.nn |" in text and "× JAX" in text  # the bench block, from bench.csv
+    assert "| gru | paper fast=on | 46 | 1 | 1 |" in text  # bench-batch1, from batch1.csv: one step
     mtime = doc.stat().st_mtime_ns
     assert update_files([doc], REPORT, BENCH) == []  # unchanged: not rewritten
     assert doc.stat().st_mtime_ns == mtime and doc.read_text() == text

@@ -8,6 +8,13 @@ and however far the batch is zero-padded (a GEMM's reduction blocking depends on
 From batch 8 on, for models wider than the paper's, the recurrence and readout products go to sgemm
 instead (the BLAS path below, `use_blas`): there, sharing U across the batch beats any element loop.
 
+The element loops are laid out for these sizes without changing a single sum (every output element adds
+the same terms in the same order, multiply and add apart: the reproduction's numbers stay bit for bit):
+matrix-vector products take four rows per pass (_vec_mat), their outputs are padded to whole turns of the
+vector loop (_lanes), the backward's outer products are summed after each sequence's recurrence four
+steps per pass (_outer_acc_steps), the loss's float32 part runs 8 lanes wide, and the input projection
+visits a branch-free list of the notes on (_nonzero).
+
 Kinds: "tanh", "gru" (paper: reset before U), "lstm" (peepholes; zeros = torch's LSTM), "gru_cudnn"
 (torch/cuDNN GRU: n = tanh(xp_n + r * (h U_n + b_hn))). Gate blocks are ordered as in cells.py / torch.
 """
@@ -604,7 +611,7 @@ def _readout_grad(dout, hs, V, dhs, dV, dc, steps):
 #
 # The element loops above stream U through once per sequence and step; one (B, H) x (H, G*H) product per
 # step shares it across the batch, with a BLAS's register blocking (use_blas says when). These
-# kernels take the same buffers (U and V instead of their transposes) but hand every product to sgemm:
+# kernels take the same buffers but hand every product to sgemm:
 # forwards h @ U per step for all B rows, backwards g @ U.T per step, and per sequence over all its steps
 # the readout, dV, dhs and dU (a sum over rows, so only steps within the sequence enter it). The gate
 # arithmetic is the element kernels'. What stays exact, where MKL rounds a row the same for every M >= 8

@@ -9,10 +9,11 @@ replaces what lies between them with text printed from the report's files, so no
 
 Blocks: `table2` (REPORT/table2.csv), `pairwise` (the paired model differences, REPORT/pairwise.csv),
 `searches` (the learning-rate searches, REPORT/searches.csv), `ablation` (REPORT/ablation.csv, written by
-`gru-bench ablation configs/sweeps/ablation.yaml`) and `bench` (training throughput,
-RESULTS/bench/bench.csv). A marker is a line of its own (so a mention of one inside a sentence or inline
-code is not a block). Text outside the markers is never changed. Every file is rendered before any is
-written, and each is written atomically, so an error leaves every file as it was.
+`gru-bench ablation configs/sweeps/ablation.yaml`), `bench` (training throughput,
+RESULTS/bench/bench.csv) and `bench-batch1` (the paper's GRU at batch 1, RESULTS/bench/batch1.csv). A
+marker is a line of its own (so a mention of one inside a sentence or inline code is not a block). Text
+outside the markers is never changed. Every file is rendered before any is written, and each is written
+atomically, so an error leaves every file as it was.
 """
 
 from __future__ import annotations
@@ -75,12 +76,22 @@ def bench(report_dir: Path, bench_csv: Path) -> list[str]:
     return readme_table(bench_csv, bench_csv.parent / "epoch_jsb.csv").rstrip("\n").splitlines()
 
 
+def bench_batch1(report_dir: Path, bench_csv: Path) -> list[str]:
+    """`gru-bench bench` of the paper's GRU at batch 1 (batch1.csv, beside bench.csv)."""
+    from gru_bench.experiments.bench import readme_table
+
+    path = bench_csv.parent / "batch1.csv"
+    _csv(path)
+    return readme_table(path).rstrip("\n").splitlines()
+
+
 BLOCKS: dict[str, Callable[[Path, Path], list[str]]] = {
     "table2": table2,
     "pairwise": pairwise,
     "searches": searches,
     "ablation": ablation,
     "bench": bench,
+    "bench-batch1": bench_batch1,
 }
 
 
