@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 from rich.table import Table
 
 from gru_bench.data import load
 from gru_bench.data.pianoroll import PianoRolls
 from gru_bench.data.registry import LOWEST_PITCH, N_NOTES
+
+if TYPE_CHECKING:  # pandas costs a training process ~0.15 s to import; only `describe` needs it
+    import pandas as pd
 
 
 def _stack(seqs: list[np.ndarray], skip_first: bool = False) -> np.ndarray:
@@ -47,6 +51,8 @@ def bernoulli_baseline(rolls: PianoRolls, per_sequence: bool = False) -> dict[st
 
 def describe(rolls: PianoRolls) -> pd.DataFrame:
     """One row per split: sizes, lengths, pitch range, polyphony, silence and the Bernoulli baseline."""
+    import pandas as pd
+
     baseline, baseline_seq = bernoulli_baseline(rolls), bernoulli_baseline(rolls, per_sequence=True)
     rows = {}
     for split, seqs in rolls.splits.items():
