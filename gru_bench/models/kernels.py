@@ -233,10 +233,21 @@ def _transposed(M, width):
     """M transposed, zero columns appended up to `width`: the backward's g @ M.T as the vectorising
     _vec_mat(g, MT, out)."""
     out = np.zeros((M.shape[1], width), F32)
-    for i in range(M.shape[0]):
-        for j in range(M.shape[1]):
-            out[j, i] = M[i, j]
+    _transpose_sum(M, M, F32(0.0), out)
     return out
+
+
+@_jit
+def _transpose_sum(a, z, s, out):
+    """out[: n, : m] = (a + z * s).T for a (m, n), a.T itself where s == 0, in 16 x 16 tiles: a plain loop
+    writes every element a row apart, and at 512 units (a 512 x 1536 U) the tiles take a third of its
+    time."""
+    m, n = a.shape
+    for i0 in range(0, m, 16):
+        for j0 in range(0, n, 16):
+            for i in range(i0, min(i0 + 16, m)):
+                for j in range(j0, min(j0 + 16, n)):
+                    out[j, i] = a[i, j] + z[i, j] * s if s != 0 else a[i, j]
 
 
 @_jit
