@@ -213,11 +213,35 @@ def test_zero_skipping_projection_equals_the_dense_sum_bit_for_bit():
             assert np.array_equal(xp[k, s, :n], dense[k, s, :n]) and not xp[k, s, n:].any()
 
 
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 46, 88, 96, 100, 144, 161])
+def test_register_blocked_products_are_the_plain_loops_sums(n):
+    """_vec_mat and _mat_mat (output rows in 16-float registers, ragged ends masked, two rows at a time) give
+    the row-by-row float32 sum bit for bit, and write nothing beyond their n columns."""
+    rng = np.random.default_rng(n)
+    for m in (0, 1, 3, 46):
+        A = rng.normal(size=(5, m)).astype(np.float32)
+        A[:, ::3] = 0  # zero terms: -0.0 + 0 * x is +0.0, which a skipped term would not give
+        M = rng.normal(size=(m, n + 7)).astype(np.float32)[:, 2 : n + 2]  # rows inside wider ones
+        start = rng.normal(size=(5, n + 1)).astype(np.float32)
+        start[:, ::2] = -0.0
+        start[0, -2] = np.inf
+        want = start[:, :n].copy()
+        for i in range(m):
+            want = want + A[:, i : i + 1] * M[i]
+        rows, one = start.copy(), start.copy()
+        kernels._mat_mat(A, M, rows[:, :n])
+        kernels._vec_mat(A[0], M, one[0, :n])
+        for got, k in ((rows, 5), (one, 1)):
+            assert got[:k, :n].tobytes() == want[:k].tobytes()
+            assert got[:, n:].tobytes() == start[:, n:].tobytes()  # the column past the output untouched
+
+
 @pytest.mark.parametrize("rev", [False, True])
 def test_blocked_outer_products_add_in_the_order_of_one_step_at_a_time(rev):
-    """dU and dV sum their per-step outer products four steps per pass: bit for bit the per-step sums."""
+    """dU and dV sum their per-step outer products in chunks of steps, two rows of dU at a time: bit for
+    bit the per-step sums."""
     rng = np.random.default_rng(1)
-    for n in range(10):
+    for n in [*range(10), 31, 32, 33, 70]:  # chunks of kernels._STEPS = 32 steps
         vs, gs = rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, 13)).astype(np.float32)
         start = rng.normal(size=(5, 9)).astype(np.float32)
         blocked, stepwise = start.copy(), start.copy()

@@ -10,10 +10,12 @@ instead (the BLAS path below, `use_blas`): there, sharing U across the batch bea
 
 The element loops are laid out for these sizes without changing a single sum (every output element adds
 the same terms in the same order, multiply and add apart: the reproduction's numbers stay bit for bit):
-matrix-vector products take four rows per pass (_vec_mat), their outputs are padded to whole turns of the
-vector loop (_lanes), the backward's outer products are summed after each sequence's recurrence four
-steps per pass (_outer_acc_steps), the loss's float32 part runs 8 lanes wide, and the input projection
-visits a branch-free list of the notes on (_nonzero).
+the products hold their output rows in registers as explicit 16-float vectors (simd.py) over all the
+rows of the matrix (_vec_mat; two output rows at a time where they do not depend on each other, _mat_mat:
+the readout, its gradient and the outer products), the forward adds h U into the projected inputs in
+place, the backward's outer products are summed after each sequence's recurrence (_outer_acc_steps), the
+loss's float32 part runs 8 lanes wide, and the input projection visits a branch-free list of the notes
+on (_nonzero).
 
 Kinds: "tanh", "gru" (paper: reset before U), "lstm" (peepholes; zeros = torch's LSTM), "gru_cudnn"
 (torch/cuDNN GRU: n = tanh(xp_n + r * (h U_n + b_hn))). Gate blocks are ordered as in cells.py / torch.
@@ -36,6 +38,9 @@ try:
     from llvmlite import binding, ir
     from numba import njit, types
     from numba.extending import intrinsic
+
+    from gru_bench.models import simd
+    from gru_bench.models.simd import LANES
 except ImportError:  # pragma: no cover - the pure-torch path takes over
     njit = None
 
@@ -48,7 +53,7 @@ TWO = np.float32(2.0)
 F32 = np.float32
 # the modules whose compiled functions call each other (fastpath's update runs these kernels and optim's
 # passes)
-COMPILED = ("kernels.py", "fastpath.py", "optim.py")
+COMPILED = ("kernels.py", "fastpath.py", "optim.py", "simd.py")
 
 
 def drop_stale_cache(folder: Path = Path(__file__).parent) -> bool:
@@ -191,23 +196,138 @@ def _project_grad(x, dxp, dW, db, steps):
                         dw[j] += v * g[j]
 
 
+# --- products, register-blocked (simd.py says why): every output element adds its terms one at a time, in
+# row order, each product rounded before its sum, so each is the plain loop's sum bit for bit. An output
+# row goes in pieces of up to six 16-float vectors (twelve AVX2 registers, six AVX-512 ones), two rows at
+# once in pieces of up to three, that stay in registers over all the rows of the matrix.
+
+_PIECE = 6  # vectors of one output row held at once; two rows: _PIECE // 2 each
+
+
+@_jit
+def _pieces(n, most):
+    """(pieces, vectors) of an n-float row cut into pieces of at most `most` vectors, as even as they go
+    (9 vectors as 5 + 4, not 6 + 3)."""
+    nvec = (n + LANES - 1) // LANES
+    return (nvec + most - 1) // most, nvec
+
+
 @_jit
 def _vec_mat(v, M, out):
-    """out += v @ M[:, : len(out)] (inner loop contiguous, vectorises; a column offset would not: numba's
-    negative-index wraparound on a runtime offset blocks it, 9x slower)."""
-    n, m = out.shape[0], v.shape[0]
-    i = 0
-    while i + 4 <= m:
-        v0, v1, v2, v3 = v[i], v[i + 1], v[i + 2], v[i + 3]
-        r0, r1, r2, r3 = M[i], M[i + 1], M[i + 2], M[i + 3]
-        for j in range(n):
-            out[j] = (((out[j] + v0 * r0[j]) + v1 * r1[j]) + v2 * r2[j]) + v3 * r3[j]
-        i += 4
-    while i < m:
-        vi, r = v[i], M[i]
-        for j in range(n):
-            out[j] += vi * r[j]
-        i += 1
+    """out += v @ M[:, : len(out)] (M's rows contiguous)."""
+    n = out.shape[0]
+    pieces, nvec = _pieces(n, _PIECE)
+    j = 0
+    for p in range(pieces):
+        nv = nvec * (p + 1) // pieces - nvec * p // pieces
+        last = min(LANES, n - j - LANES * (nv - 1))
+        if nv == 1:  # nv as a constant: each block compiles to straight-line code
+            _block(v, v, M, out, out, j, 1, last, False)
+        elif nv == 2:
+            _block(v, v, M, out, out, j, 2, last, False)
+        elif nv == 3:
+            _block(v, v, M, out, out, j, 3, last, False)
+        elif nv == 4:
+            _block(v, v, M, out, out, j, 4, last, False)
+        elif nv == 5:
+            _block(v, v, M, out, out, j, 5, last, False)
+        else:
+            _block(v, v, M, out, out, j, 6, last, False)
+        j += LANES * nv
+
+
+@_jit
+def _mat_mat(A, M, out):
+    """out[r] += A[r] @ M[:, : out.shape[1]] for every row r (M's rows contiguous): two rows at a time share
+    each load of M and run twice the independent sums."""
+    n = out.shape[1]
+    pieces, nvec = _pieces(n, _PIECE // 2)
+    r = 0
+    while r + 2 <= A.shape[0]:
+        v, w, o, p_ = A[r], A[r + 1], out[r], out[r + 1]
+        j = 0
+        for p in range(pieces):
+            nv = nvec * (p + 1) // pieces - nvec * p // pieces
+            last = min(LANES, n - j - LANES * (nv - 1))
+            if nv == 1:
+                _block(v, w, M, o, p_, j, 1, last, True)
+            elif nv == 2:
+                _block(v, w, M, o, p_, j, 2, last, True)
+            else:
+                _block(v, w, M, o, p_, j, 3, last, True)
+            j += LANES * nv
+        r += 2
+    if r < A.shape[0]:
+        _vec_mat(A[r], M, out[r])
+
+
+@njit(inline="always", **_OPTIONS)
+def _load(a, j, full, last):
+    return simd.load(a, j) if full else simd.load_n(a, j, last)
+
+
+@njit(inline="always", **_OPTIONS)
+def _store(a, j, x, full, last):
+    if full:
+        simd.store(a, j, x)
+    else:
+        simd.store_n(a, j, x, last)
+
+
+@njit(inline="always", **_OPTIONS)
+def _block(v, w, M, o, p, j, nv, last, two):
+    """o[j : e] += v @ M[:, j : e] (and p[j : e] += w @ M[:, j : e] if two), e = j + 16 (nv - 1) + last:
+    nv vectors a row in registers (nv <= 6, or 3 if two), the last `last` lanes wide (masked where < 16)."""
+    q = j + LANES * (nv - 1)  # the last vector's column
+    full = last == LANES
+    a0 = simd.load(o, j)
+    a1 = simd.load(o, j + 16) if nv > 2 else a0
+    a2 = simd.load(o, j + 32) if nv > 3 else a0
+    a3 = simd.load(o, j + 48) if nv > 4 else a0
+    a4 = simd.load(o, j + 64) if nv > 5 else a0
+    aq = _load(o, q, full, last)
+    b0 = simd.load(p, j) if two and nv > 1 else a0
+    b1 = simd.load(p, j + 16) if two and nv > 2 else a0
+    bq = _load(p, q, full, last) if two else a0
+    for i in range(v.shape[0]):
+        r, s, t = M[i], simd.splat(v[i]), simd.splat(w[i])
+        mq = _load(r, q, full, last)
+        if nv > 1:
+            m0 = simd.load(r, j)
+            a0 = simd.muladd(a0, s, m0)
+            if two:
+                b0 = simd.muladd(b0, t, m0)
+        if nv > 2:
+            m1 = simd.load(r, j + 16)
+            a1 = simd.muladd(a1, s, m1)
+            if two:
+                b1 = simd.muladd(b1, t, m1)
+        if nv > 3:
+            a2 = simd.muladd(a2, s, simd.load(r, j + 32))
+        if nv > 4:
+            a3 = simd.muladd(a3, s, simd.load(r, j + 48))
+        if nv > 5:
+            a4 = simd.muladd(a4, s, simd.load(r, j + 64))
+        aq = simd.muladd(aq, s, mq)
+        if two:
+            bq = simd.muladd(bq, t, mq)
+    if nv > 1:
+        simd.store(o, j, a0)
+    if nv > 2:
+        simd.store(o, j + 16, a1)
+    if nv > 3:
+        simd.store(o, j + 32, a2)
+    if nv > 4:
+        simd.store(o, j + 48, a3)
+    if nv > 5:
+        simd.store(o, j + 64, a4)
+    _store(o, q, aq, full, last)
+    if two:
+        if nv > 1:
+            simd.store(p, j, b0)
+        if nv > 2:
+            simd.store(p, j + 16, b1)
+        _store(p, q, bq, full, last)
 
 
 @_jit
@@ -217,15 +337,6 @@ def _lanes(n):
     the next multiple of 16, whose zero columns cost less than that narrow tail (46 -> 48: 1.3x faster)."""
     r = n % 16
     return n + 16 - r if r > 8 else n
-
-
-@_jit
-def _padded(M, width):
-    """M with zero columns appended up to `width` (a private copy: the products' outputs gain lanes that
-    are never read, and every real one is the same sum)."""
-    out = np.zeros((M.shape[0], width), F32)
-    out[:, : M.shape[1]] = M
-    return out
 
 
 @_jit
@@ -265,26 +376,20 @@ def _outer_acc_steps(vs, gs, c0, c1, dM, rev):
     """dM[:, : c1 - c0] += outer(vs[t], gs[t, c0:c1]) for every row t, in order (last to first if rev).
 
     Each element gets the additions of one _outer_acc per row, in the same order, so the sum is bit for
-    bit the same; taking four rows per pass over dM quarters its loads and stores, which bound the per-row
-    loop (these products are ~40% of the element kernels' backward). So the backward kernels keep each
-    step's gradients and accumulate dU (and the readout dV) after a sequence's recurrence."""
-    n = vs.shape[0]
-    q = 0
-    while q + 4 <= n:
-        t0, d = (n - 1 - q, -1) if rev else (q, 1)
-        v0, v1, v2, v3 = vs[t0], vs[t0 + d], vs[t0 + 2 * d], vs[t0 + 3 * d]
-        g0, g1, g2 = gs[t0, c0:c1], gs[t0 + d, c0:c1], gs[t0 + 2 * d, c0:c1]
-        g3 = gs[t0 + 3 * d, c0:c1]
-        for i in range(vs.shape[1]):
-            a0, a1, a2, a3 = v0[i], v1[i], v2[i], v3[i]
-            row = dM[i]
-            for j in range(c1 - c0):
-                row[j] = (((row[j] + a0 * g0[j]) + a1 * g1[j]) + a2 * g2[j]) + a3 * g3[j]
-        q += 4
-    while q < n:
-        t = n - 1 - q if rev else q
-        _outer_acc(vs[t], gs[t, c0:c1], dM)
-        q += 1
+    bit the same. Row i of dM is the product vs[:, i] @ gs[:, c0:c1], so this is _mat_mat of vs.T, in
+    chunks of steps whose rows of gs stay in the L1 cache while every row of dM passes over them. So the
+    backward kernels keep each step's gradients and accumulate dU (and the readout dV) after a sequence's
+    recurrence."""
+    n, out = vs.shape[0], dM[:, : c1 - c0]
+    for t0 in range(0, n, _STEPS):
+        lo, hi = (max(n - t0 - _STEPS, 0), n - t0) if rev else (t0, min(t0 + _STEPS, n))
+        if rev:
+            _mat_mat(vs[lo:hi][::-1].T, gs[lo:hi, c0:c1][::-1], out)
+        else:
+            _mat_mat(vs[lo:hi].T, gs[lo:hi, c0:c1], out)
+
+
+_STEPS = 32  # steps per chunk of _outer_acc_steps: 32 rows of 96 floats, 12 KiB
 
 
 @_jit
@@ -429,15 +534,12 @@ def _lstm_step_bwd(dhs, dh, dc, p, cp, gt, tc, c, g, dpeep):
 def _tanh_fwd(xp, U, hs, steps):
     K, B, T, H = hs.shape
     zero = np.zeros(H, F32)
-    a = np.zeros(_lanes(H), F32)
     for k in range(K):
-        Uk = _padded(U[k], a.shape[0])
         for s in range(B):
             for t in range(steps[k, s]):
                 hp = hs[k, s, t - 1] if t > 0 else zero
-                a[:H] = xp[k, s, t]
-                _vec_mat(hp, Uk, a)
-                _tanh_step(a, hs[k, s, t])
+                _vec_mat(hp, U[k], xp[k, s, t])
+                _tanh_step(xp[k, s, t], hs[k, s, t])
 
 
 @_jit
@@ -463,19 +565,16 @@ def _tanh_bwd(dhs, U, hs, dxp, dU, steps):
 def _gru_fwd(xp, U, hs, r, z, n, steps):
     K, B, T, H = hs.shape
     zero = np.zeros(H, F32)
-    arz, an = np.zeros(_lanes(2 * H), F32), np.zeros(_lanes(H), F32)  # the r and z blocks, the n block
     rh = np.empty(H, F32)
     for k in range(K):
-        Urz, Un = _padded(U[k, :, : 2 * H], arz.shape[0]), _padded(U[k, :, 2 * H :], an.shape[0])
+        Urz, Un = U[k, :, : 2 * H], U[k, :, 2 * H :]
         for s in range(B):
             for t in range(steps[k, s]):
-                hp = hs[k, s, t - 1] if t > 0 else zero
-                arz[: 2 * H] = xp[k, s, t, : 2 * H]
-                _vec_mat(hp, Urz, arz)
-                _gru_rz(arz, hp, r[k, s, t], z[k, s, t], rh)
-                an[:H] = xp[k, s, t, 2 * H :]
-                _vec_mat(rh, Un, an)
-                _gru_new(an, hp, z[k, s, t], n[k, s, t], hs[k, s, t])
+                hp, a = hs[k, s, t - 1] if t > 0 else zero, xp[k, s, t]
+                _vec_mat(hp, Urz, a[: 2 * H])
+                _gru_rz(a, hp, r[k, s, t], z[k, s, t], rh)
+                _vec_mat(rh, Un, a[2 * H :])
+                _gru_new(a[2 * H :], hp, z[k, s, t], n[k, s, t], hs[k, s, t])
 
 
 @_jit
@@ -512,14 +611,13 @@ def _gru_bwd(dhs, U, hs, r, z, n, dxp, dU, steps):
 def _gru_cudnn_fwd(xp, U, bhn, hs, r, z, n, hn, steps):
     K, B, T, H = hs.shape
     zero = np.zeros(H, F32)
-    hu = np.zeros(_lanes(3 * H), F32)
+    hu = np.zeros(3 * H, F32)
     for k in range(K):
-        Uk = _padded(U[k], hu.shape[0])
         for s in range(B):
             for t in range(steps[k, s]):
                 hp = hs[k, s, t - 1] if t > 0 else zero
                 hu[:] = 0
-                _vec_mat(hp, Uk, hu)
+                _vec_mat(hp, U[k], hu)
                 _gru_cudnn_step(
                     xp[k, s, t], hu, bhn[k], hp, r[k, s, t], z[k, s, t], n[k, s, t], hn[k, s, t], hs[k, s, t]
                 )
@@ -552,16 +650,13 @@ def _gru_cudnn_bwd(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
 def _lstm_fwd(xp, U, peep, hs, cs, gates, tc, steps):
     K, B, T, H = hs.shape
     zero = np.zeros(H, F32)
-    a = np.zeros(_lanes(4 * H), F32)
     for k in range(K):
-        Uk = _padded(U[k], a.shape[0])
         for s in range(B):
             for t in range(steps[k, s]):
                 hp = hs[k, s, t - 1] if t > 0 else zero
                 cp = cs[k, s, t - 1] if t > 0 else zero
-                a[: 4 * H] = xp[k, s, t]
-                _vec_mat(hp, Uk, a)
-                _lstm_step(a, peep[k], cp, gates[k, s, t], cs[k, s, t], tc[k, s, t], hs[k, s, t])
+                _vec_mat(hp, U[k], xp[k, s, t])
+                _lstm_step(xp[k, s, t], peep[k], cp, gates[k, s, t], cs[k, s, t], tc[k, s, t], hs[k, s, t])
 
 
 @_jit
@@ -594,9 +689,9 @@ def _readout(hs, V, c, out, steps):
     K, B, T, _ = hs.shape
     for k in range(K):
         for s in range(B):
-            for t in range(steps[k, s]):
-                out[k, s, t] = c[k]
-                _vec_mat(hs[k, s, t], V[k], out[k, s, t])
+            o = out[k, s, : steps[k, s]]
+            o[:] = c[k]
+            _mat_mat(hs[k, s, : steps[k, s]], V[k], o)
 
 
 @_jit
@@ -604,18 +699,17 @@ def _readout_grad(dout, hs, V, dhs, dV, dc, steps):
     """Sums over (sequence, step) run in a fixed order, so zero-gradient padding appended to a batch
     (longer T or more sequences) leaves every gradient bit-identical."""
     K, B, T, H = hs.shape
-    dh = np.zeros(_lanes(H), F32)
     for k in range(K):
-        VT = _transposed(V[k], dh.shape[0])
+        VT = _transposed(V[k], H)
         for s in range(B):
-            for t in range(steps[k, s]):
+            n = steps[k, s]
+            for t in range(n):
                 g = dout[k, s, t]
                 for j in range(g.shape[0]):
                     dc[k, j] += g[j]
-                dh[:] = 0
-                _vec_mat(g, VT, dh)
-                dhs[k, s, t] = dh[:H]
-            _outer_acc_steps(hs[k, s, : steps[k, s]], dout[k, s], 0, dout.shape[3], dV[k], False)
+            dhs[k, s, :n] = 0
+            _mat_mat(dout[k, s, :n], VT, dhs[k, s, :n])
+            _outer_acc_steps(hs[k, s, :n], dout[k, s], 0, dout.shape[3], dV[k], False)
 
 
 # --- BLAS path: per-step (B, H) x (H, G*H) products, one product per sequence for dU and the readout -----

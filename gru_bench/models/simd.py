@@ -1,0 +1,129 @@
+"""Explicit 16-lane float32 vectors for numba: the register blocking of the kernels' products.
+
+numba hands loops to LLVM's loop vectoriser, which vectorises an inner loop over an output row but keeps
+the row in memory: a matrix-vector product then loads and stores its output on every pass over the rows,
+and the dependent additions wait on those round trips. With a vector type of its own, a kernel holds up to
+eight 16-float pieces of its output in registers for the whole product (kernels._vec_mat), as a BLAS
+micro-kernel does. LLVM lowers `<16 x float>` to whatever the CPU has (one AVX-512 register, two AVX2
+ones, four NEON ones) and the masked loads and stores of a row's ragged end to native ones where they exist.
+
+Every operation is lane-wise IEEE float32: `muladd` is a multiply and then an add, each rounded (never a
+fused multiply-add), so a sum built from them is bit for bit the sum of the scalar loop it replaces.
+Loads and stores assume a unit stride along the array's last axis (a row of a C-ordered matrix, or a
+slice of one); they are not bounds-checked: the callers stay within their rows.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 16
+_F = ir.FloatType()
+_VEC = ir.VectorType(_F, LANES)
+_I32 = ir.IntType(32)
+_MASK = ir.VectorType(ir.IntType(1), LANES)
+
+
+class F32x16(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="f32x16")
+
+
+f32x16 = F32x16()
+
+
+@register_model(F32x16)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):  # numba's data-model signature
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _address(context, builder, aty, arr, i):
+    """Pointer to a[i] of the array `arr` (type aty) as a pointer to a vector."""
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [i]), _VEC.as_pointer())
+
+
+def _first(builder, n):
+    """The mask of lanes 0..n-1."""
+    wide = ir.VectorType(ir.IntType(64), LANES)
+    n = builder.insert_element(ir.Constant(wide, ir.Undefined), n, ir.Constant(_I32, 0))
+    n = builder.shuffle_vector(n, n, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+    return builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), n)
+
+
+def _masked(builder, name, ret, args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+@intrinsic
+def load(typingctx, a, i):
+    """a[i : i + 16] as a vector."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_address(context, builder, sig.args[0], *args), align=4)
+
+    return f32x16(a, types.intp), codegen
+
+
+@intrinsic
+def store(typingctx, a, i, x):
+    """a[i : i + 16] = x."""
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+
+    return types.none(a, types.intp, f32x16), codegen
+
+
+@intrinsic
+def load_n(typingctx, a, i, n):
+    """a[i : i + n] (n <= 16) in the first n lanes, zeros after: the elements past n are not read."""
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1])
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        mask = _first(builder, args[2])
+        return _masked(builder, "llvm.masked.load.v16f32.p0", _VEC, [p, ir.Constant(_I32, 4), mask, zero])
+
+    return f32x16(a, types.intp, types.intp), codegen
+
+
+@intrinsic
+def store_n(typingctx, a, i, x, n):
+    """a[i : i + n] = the first n lanes of x (n <= 16): the elements past n are not written."""
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1])
+        mask = _first(builder, args[3])
+        align = ir.Constant(_I32, 4)
+        _masked(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(), [args[2], p, align, mask])
+        return context.get_dummy_value()
+
+    return types.none(a, types.intp, f32x16, types.intp), codegen
+
+
+@intrinsic
+def splat(typingctx, x):
+    """x in every lane."""
+
+    def codegen(context, builder, sig, args):
+        v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0], ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+    return f32x16(types.float32), codegen
+
+
+@intrinsic
+def muladd(typingctx, acc, s, m):
+    """acc + s * m lane by lane: the product rounded, then the sum (no fused multiply-add)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], builder.fmul(args[1], args[2]))
+
+    return f32x16(f32x16, f32x16, f32x16), codegen
