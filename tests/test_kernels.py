@@ -236,6 +236,22 @@ def test_register_blocked_products_are_the_plain_loops_sums(n):
             assert got[:, n:].tobytes() == start[:, n:].tobytes()  # the column past the output untouched
 
 
+def test_tiled_transposes_are_exact_and_stay_inside_the_output():
+    """_transpose_sum (16 x 16 tiles transposed in registers): out = (a + z * s).T bit for bit, a.T where
+    s == 0 (z not used), ragged tiles at every edge, nothing written outside out[: n, : m]."""
+    rng = np.random.default_rng(5)
+    for m, n in [(1, 1), (3, 5), (16, 16), (17, 33), (46, 138), (88, 46)]:
+        a = rng.normal(size=(m, n + 2)).astype(np.float32)[:, 1 : n + 1]  # rows inside wider ones
+        z = rng.normal(size=(m, n)).astype(np.float32)
+        z[0, 0] = np.inf  # inf * 0 would be NaN: s == 0 must not use z
+        for s in (np.float32(0.0), np.float32(0.075)):
+            out = np.full((n + 1, m + 3), 7.0, np.float32)
+            kernels._transpose_sum(a, z, s, out)
+            want = (a + z * s).T if s else a.T
+            assert out[:n, :m].tobytes() == np.ascontiguousarray(want).tobytes()
+            assert (out[n:] == 7).all() and (out[:, m:] == 7).all()
+
+
 @pytest.mark.parametrize("rev", [False, True])
 def test_blocked_outer_products_add_in_the_order_of_one_step_at_a_time(rev):
     """dU and dV sum their per-step outer products in chunks of steps, two rows of dU at a time: bit for

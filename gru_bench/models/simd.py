@@ -127,3 +127,82 @@ def muladd(typingctx, acc, s, m):
         return builder.fadd(args[0], builder.fmul(args[1], args[2]))
 
     return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+def _row(context, builder, arr, aty, i, j):
+    """Pointer to arr[i, j] (any strides) as a pointer to a vector."""
+    p = cgutils.get_item_pointer2(
+        context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape, 2),
+        cgutils.unpack_tuple(builder, arr.strides, 2), aty.layout, [i, j],
+    )  # fmt: skip
+    return builder.bitcast(p, _VEC.as_pointer())
+
+
+@intrinsic
+def transpose16(typingctx, a, z, s, out, i, j):
+    """out[j + c, i + r] = a[i + r, j + c] + z[i + r, j + c] * s (a alone where s == 0) for the r, c < 16
+    inside a (m, n): one 16 x 16 tile, its rows loaded as vectors and transposed in registers by four
+    rounds of two-row shuffles (each swaps the off-diagonal blocks of one size: 8, 4, 2, 1). z has a's
+    shape; it is read but not used where s == 0. Rows past m are read from row m - 1, and their lanes are
+    never stored."""
+
+    def codegen(context, builder, sig, args):
+        aty, zty, _, oty = sig.args[:4]
+        src = context.make_array(aty)(context, builder, args[0])
+        noise = context.make_array(zty)(context, builder, args[1])
+        dst = context.make_array(oty)(context, builder, args[3])
+        i, j = args[4], args[5]
+        m, n = cgutils.unpack_tuple(builder, src.shape, 2)
+        i64 = ir.IntType(64)
+        sixteen = ir.Constant(i64, LANES)
+
+        def at_most_16(x):
+            return builder.select(builder.icmp_signed("<", x, sixteen), x, sixteen)
+
+        rows, cols = builder.sub(m, i), builder.sub(n, j)  # left in a from (i, j)
+        in_cols = _first(builder, at_most_16(cols))
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        noisy = builder.fcmp_unordered("!=", args[2], ir.Constant(_F, 0.0))  # as Python's s != 0
+        s16 = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[2], ir.Constant(_I32, 0)),
+            ir.Constant(_VEC, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES),
+        )  # fmt: skip
+        align = ir.Constant(_I32, 4)
+        vecs = []
+        for r in range(LANES):
+            row = builder.add(i, ir.Constant(i64, r))
+            row = builder.select(builder.icmp_signed("<", row, m), row, builder.sub(m, ir.Constant(i64, 1)))
+            load = "llvm.masked.load.v16f32.p0"
+            va = _masked(
+                builder, load, _VEC, [_row(context, builder, src, aty, row, j), align, in_cols, zero]
+            )
+            vz = _masked(
+                builder, load, _VEC, [_row(context, builder, noise, zty, row, j), align, in_cols, zero]
+            )
+            vecs.append(builder.select(noisy, builder.fadd(va, builder.fmul(vz, s16)), va))
+        for d in (8, 4, 2, 1):
+            new = list(vecs)
+            for r in range(LANES):
+                if r & d:
+                    continue
+                lo = [c if not c & d else LANES + c - d for c in range(LANES)]
+                hi = [c + d if not c & d else LANES + c for c in range(LANES)]
+                for q, mask in ((r, lo), (r + d, hi)):
+                    idx = ir.Constant(ir.VectorType(_I32, LANES), mask)
+                    new[q] = builder.shuffle_vector(vecs[r], vecs[r + d], idx)
+            vecs = new
+        in_rows = _first(builder, at_most_16(rows))
+        for c in range(LANES):
+            inside = builder.icmp_signed("<", ir.Constant(i64, c), cols)
+            col = builder.select(inside, builder.add(j, ir.Constant(i64, c)), j)  # a row of out either way
+            mask = builder.select(inside, in_rows, ir.Constant(_MASK, [0] * LANES))
+            store = "llvm.masked.store.v16f32.p0"
+            _masked(
+                builder,
+                store,
+                ir.VoidType(),
+                [vecs[c], _row(context, builder, dst, oty, col, i), align, mask],
+            )
+        return context.get_dummy_value()
+
+    return types.none(a, z, types.float32, out, types.intp, types.intp), codegen
