@@ -94,27 +94,31 @@ def _grad_norms(grads, acc, out):
 
 @_jit
 def _moments_squares(g, n, v, gs, rho, omr, lr, eps, floor, mu, acc):
+    """`_moments_apply`'s n and v without the step, and acc += v^2 exactly as `_add_squares(v, acc)` adds
+    them: in blocks of 16 x len(acc) elements, each squared while in the L1 cache (apart from the first
+    loop, whose square roots and divisions float64 would make 8 lanes wide instead of 16)."""
+    block = 16 * acc.shape[0]  # a multiple of len(acc): each element keeps its lane
+    for o in range(0, g.shape[0], block):
+        e = min(o + block, g.shape[0])
+        _moments(g[o:e], n[o:e], v[o:e], gs, rho, omr, lr, eps, floor, mu)
+        _add_squares(v[o:e], acc)
+
+
+@_jit
+def _moments(g, n, v, gs, rho, omr, lr, eps, floor, mu):
     """n = rho n + (1 - rho) g^2; v = mu v - lr g / max(sqrt(n + eps), floor), g scaled by gs (the torch
-    path's float32 ops in its order); and acc += v^2 exactly as `_add_squares(v, acc)` adds them, in the same
-    loop. floor = 0 changes nothing (a root is never below 0)."""
-    lanes = acc.shape[0]
-    m = g.shape[0]
-    for o in range(0, m, lanes):
-        e = min(o + lanes, m)
-        gb, nb, vb = g[o:e], n[o:e], v[o:e]
-        for j in range(e - o):
-            gj = gb[j] * gs
-            nj = nb[j] * rho + gj * gj * omr
-            nb[j] = nj
-            d = np.sqrt(nj + eps)
-            s = vb[j] * mu - gj * lr / (floor if d < floor else d)
-            vb[j] = s
-            acc[j] += np.float64(s) * np.float64(s)
+    path's float32 ops in its order). floor = 0 changes nothing (a root is never below 0)."""
+    for j in range(g.shape[0]):
+        gj = g[j] * gs
+        nj = n[j] * rho + gj * gj * omr
+        n[j] = nj
+        d = np.sqrt(nj + eps)
+        v[j] = v[j] * mu - gj * lr / (floor if d < floor else d)
 
 
 @_jit
 def _moments_apply(g, n, v, w, gs, rho, omr, lr, eps, floor, mu):
-    """n and v as in `_moments_squares`, then w += v (no update clipping: the step is final)."""
+    """n and v as in `_moments`, and w += v in the same loop (no update clipping: the step is final)."""
     for j in range(g.shape[0]):
         gj = g[j] * gs
         nj = n[j] * rho + gj * gj * omr
