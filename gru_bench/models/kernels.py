@@ -584,7 +584,6 @@ def _gru_bwd(dhs, U, hs, r, z, n, dxp, dU, steps):
     rh = np.zeros((T, H), F32)  # r * hp per step: U_n's input
     for k in range(K):
         UT = _transposed(U[k], dh.shape[0])
-        dUn = np.zeros((H, H), F32)  # accumulated apart, see _vec_mat
         for s in range(B):
             dh[:] = 0
             for t in range(steps[k, s] - 1, -1, -1):
@@ -597,9 +596,8 @@ def _gru_bwd(dhs, U, hs, r, z, n, dxp, dU, steps):
                 _vec_mat(g[2 * H :], UT[2 * H :], drh)
                 _gru_rz_bwd(drh, hp, r[k, s, t], g, dh)
                 _vec_mat(g[: 2 * H], UT[: 2 * H], dh)
-            _outer_acc_steps(rh[: steps[k, s]], dxp[k, s], 2 * H, 3 * H, dUn, True)
+            _outer_acc_steps(rh[: steps[k, s]], dxp[k, s], 2 * H, 3 * H, dU[k, :, 2 * H :], True)
             _seq_dU(hs[k, s], dxp[k, s], 0, 2 * H, dU[k], steps[k, s])
-        dU[k, :, 2 * H :] = dUn
 
 
 # --- torch/cuDNN GRU: n = tanh(xp_n + r (h U_n + b_hn)); h' = (1 - z) n + z h ---------------------------
