@@ -236,6 +236,39 @@ def test_register_blocked_products_are_the_plain_loops_sums(n):
             assert got[:, n:].tobytes() == start[:, n:].tobytes()  # the column past the output untouched
 
 
+@pytest.mark.parametrize("name", ["_exp", "_sig", "_tanh", "_log1p01"])
+def test_gate_formulas_on_16_lanes_are_the_scalar_ones_bit_for_bit(name):
+    """The gate loops run the one-unit formulas on simd vectors (operators, where, floor, pow2, fabs):
+    each lane must equal the scalar call, clamps, signed zeros, infinities and NaN included."""
+    from numba import njit
+
+    from gru_bench.models import simd
+
+    f = getattr(kernels, name)
+
+    @njit
+    def lanes(x, out):
+        for j in range(0, x.shape[0], simd.LANES):
+            m = x.shape[0] - j
+            simd.store_n(out, j, f(simd.load_n(x, j, m)), m)
+
+    @njit
+    def scalars(x, out):
+        for j in range(x.shape[0]):
+            out[j] = f(x[j])
+
+    special = [-100.0, -87.5, -87.0, -20.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 20.0, 88.0, 88.5, 100.0]
+    special += [np.inf, -np.inf, np.nan]
+    rng = np.random.default_rng(0)
+    x = np.concatenate([special, rng.normal(scale=10.0, size=170)]).astype(np.float32)  # 186: a ragged end
+    if name == "_log1p01":  # its domain
+        x = np.abs(x) / np.float32(100.0)
+    a, b = np.empty_like(x), np.empty_like(x)
+    lanes(x, a)
+    scalars(x, b)
+    assert a.tobytes() == b.tobytes()
+
+
 def test_tiled_transposes_are_exact_and_stay_inside_the_output():
     """_transpose_sum (16 x 16 tiles transposed in registers): out = (a + z * s).T bit for bit, a.T where
     s == 0 (z not used), ragged tiles at every edge, nothing written outside out[: n, : m]."""

@@ -35,9 +35,8 @@ import torch
 from torch import Tensor
 
 try:
-    from llvmlite import binding, ir
+    from llvmlite import binding
     from numba import njit, types
-    from numba.extending import intrinsic
 
     from gru_bench.models import simd
     from gru_bench.models.simd import LANES
@@ -97,30 +96,19 @@ def available() -> bool:
     return njit is not None
 
 
-if njit is not None:
-
-    @intrinsic
-    def _f32_from_bits(typingctx, bits):
-        """The float32 whose IEEE bits are the int32 `bits` (free: a register reinterpretation)."""
-
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.int32), codegen
-
-
 @_jit
 def _exp(a):
     """expf from +, *, floor and a bit cast (Cephes' polynomial, ~1 ulp on [-87, 88], clamped outside, NaN
-    kept). libm's expf is an opaque call that stops LLVM from vectorising every gate loop; this is not."""
-    a = F32(-87.0) if a < F32(-87.0) else (F32(88.0) if a > F32(88.0) else a)
-    n = np.floor(a * F32(1.44269504) + F32(0.5))
+    kept), of a float32 or of each lane of a vector. libm's expf is an opaque call that stops LLVM from
+    vectorising every gate loop; this is not."""
+    a = simd.where(a < F32(-87.0), F32(-87.0), simd.where(a > F32(88.0), F32(88.0), a))
+    n = simd.floor(a * F32(1.44269504) + F32(0.5))
     r = a - n * F32(0.693359375) - n * F32(-2.12194440e-4)
     p = F32(1.9875691500e-4) * r + F32(1.3981999507e-3)
     p = (((p * r + F32(8.3334519073e-3)) * r + F32(4.1665795894e-2)) * r + F32(1.6666665459e-1)) * r
     p = (p + F32(5.0000001201e-1)) * (r * r) + r + ONE
-    n = n if n == n else F32(0.0)  # NaN: the int conversion below would be undefined
-    return p * _f32_from_bits(np.int32((np.int32(n) + 127) << 23))
+    n = simd.where(n == n, n, F32(0.0))  # NaN: the int conversion in pow2 would be undefined
+    return p * simd.pow2(n)
 
 
 @_jit
@@ -403,74 +391,90 @@ def _seq_dU(hs, gs, c0, c1, dU, n):
 # --- the gate arithmetic of one step and sequence, shared by the element and the BLAS kernels ----------
 #
 # Each takes 1-D rows of C arrays (one step of one sequence: a = its pre-activations, hp/cp = the previous
-# state, g = the pre-activations' gradients) and loops over the H units, which LLVM vectorises. The
-# kernels below differ only in how they form the products with U: element loops or sgemm.
+# state, g = the pre-activations' gradients) and runs over the H units 16 at a time (simd vectors; _get and
+# _put mask a ragged last piece: 46 units are 16 + 16 + 14, not a scalar tail). The formulas are those of
+# one unit, lane by lane. The kernels below differ only in how they form the products with U: element
+# loops or sgemm.
+
+_get, _put = (simd.load_n, simd.store_n) if njit is not None else (None, None)
 
 
 @_jit
 def _tanh_step(a, h):
-    for j in range(h.shape[0]):
-        h[j] = _tanh(a[j])
+    for j in range(0, h.shape[0], LANES):
+        m = h.shape[0] - j
+        _put(h, j, _tanh(_get(a, j, m)), m)
 
 
 @_jit
 def _tanh_step_bwd(dhs, dh, h, g):
     """g = (dhs + dh) tanh'(a); dh: dL/dh from the step after (through U)."""
-    for j in range(h.shape[0]):
-        g[j] = (dhs[j] + dh[j]) * (ONE - h[j] * h[j])
+    for j in range(0, h.shape[0], LANES):
+        m = h.shape[0] - j
+        hj = _get(h, j, m)
+        _put(g, j, (_get(dhs, j, m) + _get(dh, j, m)) * (ONE - hj * hj), m)
 
 
 @_jit
 def _gru_rz(a, hp, r, z, rh):
     """The reset and update gates from a[: 2H]; rh = r * hp, the input of U_n."""
     H = hp.shape[0]
-    for j in range(H):
-        r[j] = _sig(a[j])
-        z[j] = _sig(a[H + j])
-        rh[j] = r[j] * hp[j]
+    for j in range(0, H, LANES):
+        m = H - j
+        rj = _sig(_get(a, j, m))
+        _put(r, j, rj, m)
+        _put(z, j, _sig(_get(a, H + j, m)), m)
+        _put(rh, j, rj * _get(hp, j, m), m)
 
 
 @_jit
 def _gru_new(an, hp, z, n, h):
     """n = tanh(an) (an = xp_n + (r h) U_n); h = (1 - z) hp + z n."""
-    for j in range(hp.shape[0]):
-        n[j] = _tanh(an[j])
-        zj = z[j]
-        h[j] = (ONE - zj) * hp[j] + zj * n[j]
+    for j in range(0, hp.shape[0], LANES):
+        m = hp.shape[0] - j
+        nj, zj = _tanh(_get(an, j, m)), _get(z, j, m)
+        _put(n, j, nj, m)
+        _put(h, j, (ONE - zj) * _get(hp, j, m) + zj * nj, m)
 
 
 @_jit
 def _gru_new_bwd(dhs, dh, hp, z, n, g):
     """g[H:] (z and n blocks) from d = dhs + dh; dh becomes d (1 - z), the direct part of dL/dhp."""
     H = hp.shape[0]
-    for j in range(H):
-        d = dhs[j] + dh[j]
-        zj, nj = z[j], n[j]
-        g[2 * H + j] = d * zj * (ONE - nj * nj)
-        g[H + j] = d * (nj - hp[j]) * zj * (ONE - zj)
-        dh[j] = d * (ONE - zj)
+    for j in range(0, H, LANES):
+        m = H - j
+        d = _get(dhs, j, m) + _get(dh, j, m)
+        zj, nj = _get(z, j, m), _get(n, j, m)
+        _put(g, 2 * H + j, d * zj * (ONE - nj * nj), m)
+        _put(g, H + j, d * (nj - _get(hp, j, m)) * zj * (ONE - zj), m)
+        _put(dh, j, d * (ONE - zj), m)
 
 
 @_jit
 def _gru_rz_bwd(drh, hp, r, g, dh):
     """g[: H] (reset block) from drh = dL/d(r hp); dh += the part of dL/dhp through r hp."""
-    for j in range(hp.shape[0]):
-        rj = r[j]
-        g[j] = drh[j] * hp[j] * rj * (ONE - rj)
-        dh[j] += drh[j] * rj
+    for j in range(0, hp.shape[0], LANES):
+        m = hp.shape[0] - j
+        rj, drj = _get(r, j, m), _get(drh, j, m)
+        _put(g, j, drj * _get(hp, j, m) * rj * (ONE - rj), m)
+        _put(dh, j, _get(dh, j, m) + drj * rj, m)
 
 
 @_jit
 def _gru_cudnn_step(a, hu, bhn, hp, r, z, n, hn, h):
     """The torch/cuDNN GRU step from a = xp and hu = hp U; hn = hp U_n + b_hn is kept for the backward."""
     H = hp.shape[0]
-    for j in range(H):
-        rj = _sig(a[j] + hu[j])
-        zj = _sig(a[H + j] + hu[H + j])
-        hnj = hu[2 * H + j] + bhn[j]
-        nj = _tanh(a[2 * H + j] + rj * hnj)
-        r[j], z[j], n[j], hn[j] = rj, zj, nj, hnj
-        h[j] = (ONE - zj) * nj + zj * hp[j]
+    for j in range(0, H, LANES):
+        m = H - j
+        rj = _sig(_get(a, j, m) + _get(hu, j, m))
+        zj = _sig(_get(a, H + j, m) + _get(hu, H + j, m))
+        hnj = _get(hu, 2 * H + j, m) + _get(bhn, j, m)
+        nj = _tanh(_get(a, 2 * H + j, m) + rj * hnj)
+        _put(r, j, rj, m)
+        _put(z, j, zj, m)
+        _put(n, j, nj, m)
+        _put(hn, j, hnj, m)
+        _put(h, j, (ONE - zj) * nj + zj * _get(hp, j, m), m)
 
 
 @_jit
@@ -478,31 +482,42 @@ def _gru_cudnn_step_bwd(dhs, dh, hp, r, z, n, hn, g, gh, dbhn):
     """g: gradients of the xp blocks; gh: of hp U (its n block is r times g's); dbhn += that n block; dh
     becomes the direct part d z of dL/dhp."""
     H = hp.shape[0]
-    for j in range(H):
-        d = dhs[j] + dh[j]
-        rj, zj, nj = r[j], z[j], n[j]
+    for j in range(0, H, LANES):
+        m = H - j
+        d = _get(dhs, j, m) + _get(dh, j, m)
+        rj, zj, nj = _get(r, j, m), _get(z, j, m), _get(n, j, m)
         dan = d * (ONE - zj) * (ONE - nj * nj)
-        g[j] = dan * hn[j] * rj * (ONE - rj)
-        g[H + j] = d * (hp[j] - nj) * zj * (ONE - zj)
-        g[2 * H + j] = dan
-        gh[j], gh[H + j], gh[2 * H + j] = g[j], g[H + j], dan * rj
-        dbhn[j] += dan * rj
-        dh[j] = d * zj
+        gr = dan * _get(hn, j, m) * rj * (ONE - rj)
+        gz = d * (_get(hp, j, m) - nj) * zj * (ONE - zj)
+        for out in (g, gh):
+            _put(out, j, gr, m)
+            _put(out, H + j, gz, m)
+        _put(g, 2 * H + j, dan, m)
+        _put(gh, 2 * H + j, dan * rj, m)
+        _put(dbhn, j, _get(dbhn, j, m) + dan * rj, m)
+        _put(dh, j, d * zj, m)
 
 
 @_jit
 def _lstm_step(a, p, cp, gt, c, tc, h):
     """Gates i, f, g, o (into gt) from a = xp + hp U and the peepholes p (3, H); the cell c, tanh(c), h."""
     H = h.shape[0]
-    for j in range(H):
-        i_ = _sig(a[j] + p[0, j] * cp[j])
-        f_ = _sig(a[H + j] + p[1, j] * cp[j])
-        g_ = _tanh(a[2 * H + j])
-        c_ = f_ * cp[j] + i_ * g_
-        o_ = _sig(a[3 * H + j] + p[2, j] * c_)
+    for j in range(0, H, LANES):
+        m = H - j
+        cpj = _get(cp, j, m)
+        i_ = _sig(_get(a, j, m) + _get(p[0], j, m) * cpj)
+        f_ = _sig(_get(a, H + j, m) + _get(p[1], j, m) * cpj)
+        g_ = _tanh(_get(a, 2 * H + j, m))
+        c_ = f_ * cpj + i_ * g_
+        o_ = _sig(_get(a, 3 * H + j, m) + _get(p[2], j, m) * c_)
         tc_ = _tanh(c_)
-        gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j] = i_, f_, g_, o_
-        c[j], tc[j], h[j] = c_, tc_, o_ * tc_
+        _put(gt, j, i_, m)
+        _put(gt, H + j, f_, m)
+        _put(gt, 2 * H + j, g_, m)
+        _put(gt, 3 * H + j, o_, m)
+        _put(c, j, c_, m)
+        _put(tc, j, tc_, m)
+        _put(h, j, o_ * tc_, m)
 
 
 @_jit
@@ -510,19 +525,23 @@ def _lstm_step_bwd(dhs, dh, dc, p, cp, gt, tc, c, g, dpeep):
     """g: the four gates' pre-activation gradients from d = dhs + dh and dc (the cell gradient from the
     step after, replaced by this step's); dpeep (3, H) += the peepholes' gradients."""
     H = c.shape[0]
-    for j in range(H):
-        d = dhs[j] + dh[j]
-        i_, f_, g_, o_ = gt[j], gt[H + j], gt[2 * H + j], gt[3 * H + j]
-        tc_ = tc[j]
+    for j in range(0, H, LANES):
+        m = H - j
+        d = _get(dhs, j, m) + _get(dh, j, m)
+        i_, f_, g_, o_ = _get(gt, j, m), _get(gt, H + j, m), _get(gt, 2 * H + j, m), _get(gt, 3 * H + j, m)
+        tc_, cpj = _get(tc, j, m), _get(cp, j, m)
         dao = d * tc_ * o_ * (ONE - o_)
-        dcj = dc[j] + d * o_ * (ONE - tc_ * tc_) + dao * p[2, j]
+        dcj = _get(dc, j, m) + d * o_ * (ONE - tc_ * tc_) + dao * _get(p[2], j, m)
         dai = dcj * g_ * i_ * (ONE - i_)
-        daf = dcj * cp[j] * f_ * (ONE - f_)
-        g[j], g[H + j], g[2 * H + j], g[3 * H + j] = dai, daf, dcj * i_ * (ONE - g_ * g_), dao
-        dpeep[0, j] += dai * cp[j]
-        dpeep[1, j] += daf * cp[j]
-        dpeep[2, j] += dao * c[j]
-        dc[j] = dcj * f_ + dai * p[0, j] + daf * p[1, j]
+        daf = dcj * cpj * f_ * (ONE - f_)
+        _put(g, j, dai, m)
+        _put(g, H + j, daf, m)
+        _put(g, 2 * H + j, dcj * i_ * (ONE - g_ * g_), m)
+        _put(g, 3 * H + j, dao, m)
+        _put(dpeep[0], j, _get(dpeep[0], j, m) + dai * cpj, m)
+        _put(dpeep[1], j, _get(dpeep[1], j, m) + daf * cpj, m)
+        _put(dpeep[2], j, _get(dpeep[2], j, m) + dao * _get(c, j, m), m)
+        _put(dc, j, dcj * f_ + dai * _get(p[0], j, m) + daf * _get(p[1], j, m), m)
 
 
 # --- tanh-RNN: h' = tanh(xp + h U) ------------------------------------------------------------------
@@ -1121,11 +1140,13 @@ def _nll(logits, x, steps, sums, dlog):
             acc[:] = 0.0
             for t in range(steps[k, s]):
                 a, y, d = logits[k, s, t], x[k, s, t + 1], dlog[k, s, t]
-                for j in range(acc.shape[0]):  # float32 only: 8 lanes wide
-                    e = _exp(-abs(a[j]))  # stable: log(1 + exp(-|a|)) never overflows
-                    term[j] = max(a[j], zero) - a[j] * y[j] + _log1p01(e)
-                    d[j] = (ONE if a[j] >= zero else e) / (ONE + e) - y[j]
-                for j in range(acc.shape[0]):  # apart: float64 would make the loop above 4 lanes wide
+                for j in range(0, acc.shape[0], LANES):  # float32 only: 16 lanes wide
+                    m = acc.shape[0] - j
+                    aj, yj = _get(a, j, m), _get(y, j, m)
+                    e = _exp(-simd.fabs(aj))  # stable: log(1 + exp(-|a|)) never overflows
+                    _put(term, j, simd.where(zero > aj, zero, aj) - aj * yj + _log1p01(e), m)  # max(a, 0)
+                    _put(d, j, simd.where(aj >= zero, ONE, e) / (ONE + e) - yj, m)
+                for j in range(acc.shape[0]):  # apart, as numba's loop vectoriser: float64 is 8 lanes wide
                     acc[j] += term[j]
             sums[k, s] = acc.sum()
 

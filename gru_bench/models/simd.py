@@ -15,10 +15,13 @@ slice of one); they are not bounds-checked: the callers stay within their rows.
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, overload, register_model
 
 LANES = 16
 _F = ir.FloatType()
@@ -206,3 +209,198 @@ def transpose16(typingctx, a, z, s, out, i, j):
         return context.get_dummy_value()
 
     return types.none(a, z, types.float32, out, types.intp, types.intp), codegen
+
+
+# --- arithmetic: the operators on vectors (a float32 scalar on either side goes to every lane), so the
+# kernels' element-wise formulas run unchanged on a scalar or on 16 lanes at once. Each operator is the
+# LLVM instruction numba emits for the scalar (comparisons ordered but for !=, negation as -0.0 - x): the
+# same IEEE result in every lane.
+
+
+class Mask16(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="mask16")
+
+
+mask16 = Mask16()
+
+
+@register_model(Mask16)
+class _Mask16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):  # numba's data-model signature
+        super().__init__(dmm, fe_type, _MASK)
+
+
+def _lanes_of(builder, ty, v):
+    """v as a vector: itself, or a float32 scalar in every lane."""
+    if isinstance(ty, F32x16):
+        return v
+    spread = builder.insert_element(ir.Constant(_VEC, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(spread, spread, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _operands(x, y) -> bool:
+    """Whether (x, y) is a vector operation: a vector and a vector or a float32."""
+    both = (x, y)
+    vector = any(isinstance(t, F32x16) for t in both)
+    return vector and all(isinstance(t, F32x16) or t == types.float32 for t in both)
+
+
+def _binary(emit, result):
+    @intrinsic
+    def op(typingctx, x, y):
+        if not _operands(x, y):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a, b = (_lanes_of(builder, t, v) for t, v in zip(sig.args, args, strict=True))
+            return emit(builder, a, b)
+
+        return result(x, y), codegen
+
+    return op
+
+
+_ARITH = {
+    operator.add: lambda b, x, y: b.fadd(x, y),
+    operator.sub: lambda b, x, y: b.fsub(x, y),
+    operator.mul: lambda b, x, y: b.fmul(x, y),
+    operator.truediv: lambda b, x, y: b.fdiv(x, y),
+}
+_COMPARE = {
+    operator.lt: lambda b, x, y: b.fcmp_ordered("<", x, y),
+    operator.gt: lambda b, x, y: b.fcmp_ordered(">", x, y),
+    operator.le: lambda b, x, y: b.fcmp_ordered("<=", x, y),
+    operator.ge: lambda b, x, y: b.fcmp_ordered(">=", x, y),
+    operator.eq: lambda b, x, y: b.fcmp_ordered("==", x, y),
+    operator.ne: lambda b, x, y: b.fcmp_unordered("!=", x, y),
+}
+
+
+def _register(pyop, intr):
+    @overload(pyop)
+    def _vector_op(x, y):
+        if _operands(x, y):
+            return lambda x, y: intr(x, y)
+
+
+for _op, _emit in _ARITH.items():
+    _register(_op, _binary(_emit, f32x16))
+for _op, _emit in _COMPARE.items():
+    _register(_op, _binary(_emit, mask16))
+
+
+@intrinsic
+def _negate(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.fsub(ir.Constant(_VEC, [-0.0] * LANES), args[0])
+
+    return f32x16(f32x16), codegen
+
+
+@overload(operator.neg)
+def _vector_neg(x):
+    if isinstance(x, F32x16):
+        return lambda x: _negate(x)
+
+
+def where(c, x, y):
+    """x where c holds, else y: `x if c else y` for a bool, lane by lane for a vector comparison."""
+    return x if c else y
+
+
+@intrinsic
+def _select(typingctx, c, x, y):
+    if not (isinstance(c, Mask16) and all(isinstance(t, F32x16) or t == types.float32 for t in (x, y))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b = (_lanes_of(builder, t, v) for t, v in zip(sig.args[1:], args[1:], strict=True))
+        return builder.select(args[0], a, b)
+
+    return f32x16(c, x, y), codegen
+
+
+@overload(where)
+def _where(c, x, y):
+    if isinstance(c, Mask16):
+        return lambda c, x, y: _select(c, x, y)
+    if isinstance(c, types.Boolean):
+        return lambda c, x, y: x if c else y
+
+
+def floor(x):
+    """np.floor of a float32 or of each lane."""
+    return np.floor(x)
+
+
+@intrinsic
+def _floor16(typingctx, x):
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_VEC, [_VEC])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.floor.v16f32"), args)
+
+    return f32x16(f32x16), codegen
+
+
+@overload(floor)
+def _floor(x):
+    if isinstance(x, F32x16):
+        return lambda x: _floor16(x)
+    if isinstance(x, types.Float):
+        return lambda x: np.floor(x)
+
+
+def pow2(n):
+    """2.0 ** n for a whole float32 n in [-126, 127], or of each lane: n + 127 put in the exponent bits."""
+    return np.float32(2.0) ** n
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 `bits` (free: a register reinterpretation)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _F)
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _pow2_16(typingctx, n):
+    def codegen(context, builder, sig, args):
+        i32s = ir.VectorType(_I32, LANES)
+        e = builder.add(builder.fptosi(args[0], i32s), ir.Constant(i32s, [127] * LANES))
+        return builder.bitcast(builder.shl(e, ir.Constant(i32s, [23] * LANES)), _VEC)
+
+    return f32x16(f32x16), codegen
+
+
+@overload(pow2)
+def _pow2(n):
+    if isinstance(n, F32x16):
+        return lambda n: _pow2_16(n)
+    if n == types.float32:
+        return lambda n: _f32_from_bits(np.int32((np.int32(n) + 127) << 23))
+
+
+def fabs(x):
+    """abs of a float32, or of each lane (the sign bit cleared, as numba's abs)."""
+    return abs(x)
+
+
+@intrinsic
+def _fabs16(typingctx, x):
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_VEC, [_VEC])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.fabs.v16f32"), args)
+
+    return f32x16(f32x16), codegen
+
+
+@overload(fabs)
+def _fabs(x):
+    if isinstance(x, F32x16):
+        return lambda x: _fabs16(x)
+    if isinstance(x, types.Float):
+        return lambda x: abs(x)
