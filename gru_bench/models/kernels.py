@@ -320,17 +320,15 @@ def _block(v, w, M, o, p, j, nv, last, two):
 
 @_jit
 def _lanes(n):
-    """The width a matrix-vector product's output is padded to. LLVM's vector loop takes 16 floats a turn,
-    then 4 at a time, then 1 (46 units: 32 + 12 + 2); where more than 8 would be left over, n goes up to
-    the next multiple of 16, whose zero columns cost less than that narrow tail (46 -> 48: 1.3x faster)."""
-    r = n % 16
-    return n + 16 - r if r > 8 else n
+    """n rounded up to whole 16-float vectors: the width of the backward's private dh buffers and
+    transposed weights, whose products then end on a full vector instead of a masked one (the same number
+    of vectors; 46 units as 48: ~15% faster)."""
+    return -(-n // LANES) * LANES
 
 
 @_jit
 def _transposed(M, width):
-    """M transposed, zero columns appended up to `width`: the backward's g @ M.T as the vectorising
-    _vec_mat(g, MT, out)."""
+    """M transposed, zero columns appended up to `width`: the backward's g @ M.T as _vec_mat(g, MT, out)."""
     out = np.zeros((M.shape[1], width), F32)
     _transpose_sum(M, M, F32(0.0), out)
     return out
