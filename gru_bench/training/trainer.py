@@ -467,7 +467,7 @@ class Trainer:
         n_batches = math.ceil(len(self.train_seqs) / cfg.training.batch_size)
         max_epochs = max(r.cfg.training.max_epochs for r in runs)
         if self.device.type == "cpu" and self.model.use_kernels(self.seqs["train"][0][None, None]):
-            console.print("the first update compiles the numba CPU kernels unless they are cached (~10 s)")
+            console.print("the first update compiles the numba CPU kernels unless cached (about a minute)")
         try:
             with _progress(console, console.quiet) as progress:
                 ep_task = progress.add_task("epochs", total=max_epochs, completed=min(r.epoch for r in runs))
