@@ -201,14 +201,20 @@ def _pieces(n, most):
 
 
 @_jit
+def _piece(n, j, q, pieces, nvec):
+    """Piece q of _pieces, starting at column j: its vectors, and the lanes of its last one."""
+    nv = nvec * (q + 1) // pieces - nvec * q // pieces
+    return nv, min(LANES, n - j - LANES * (nv - 1))
+
+
+@_jit
 def _vec_mat(v, M, out):
     """out += v @ M[:, : len(out)] (M's rows contiguous)."""
     n = out.shape[0]
     pieces, nvec = _pieces(n, _PIECE)
     j = 0
-    for p in range(pieces):
-        nv = nvec * (p + 1) // pieces - nvec * p // pieces
-        last = min(LANES, n - j - LANES * (nv - 1))
+    for q in range(pieces):
+        nv, last = _piece(n, j, q, pieces, nvec)
         if nv == 1:  # nv as a constant: each block compiles to straight-line code
             _block(v, v, M, out, out, j, 1, last, False)
         elif nv == 2:
@@ -234,9 +240,8 @@ def _mat_mat(A, M, out):
     while r + 2 <= A.shape[0]:
         v, w, o, p_ = A[r], A[r + 1], out[r], out[r + 1]
         j = 0
-        for p in range(pieces):
-            nv = nvec * (p + 1) // pieces - nvec * p // pieces
-            last = min(LANES, n - j - LANES * (nv - 1))
+        for q in range(pieces):
+            nv, last = _piece(n, j, q, pieces, nvec)
             if nv == 1:
                 _block(v, w, M, o, p_, j, 1, last, True)
             elif nv == 2:

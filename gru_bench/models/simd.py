@@ -329,31 +329,49 @@ def _where(c, x, y):
         return lambda c, x, y: x if c else y
 
 
+def _llvm_unary(name):
+    """An intrinsic: the LLVM vector intrinsic `name` of one <16 x float>."""
+
+    @intrinsic
+    def op(typingctx, x):
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(_VEC, [_VEC])
+            return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+        return f32x16(f32x16), codegen
+
+    return op
+
+
+def _lane_wise(fn, vector, scalar):
+    """Make `fn` (a Python stub of one argument named x) compile to `vector` for a vector argument and to
+    `scalar` (a function of x) for a float."""
+
+    @overload(fn)
+    def _impl(x):
+        if isinstance(x, F32x16):
+            return lambda x: vector(x)
+        if isinstance(x, types.Float):
+            return scalar
+
+
 def floor(x):
     """np.floor of a float32 or of each lane."""
     return np.floor(x)
 
 
-@intrinsic
-def _floor16(typingctx, x):
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(_VEC, [_VEC])
-        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.floor.v16f32"), args)
-
-    return f32x16(f32x16), codegen
+def fabs(x):
+    """abs of a float32, or of each lane (the sign bit cleared, as numba's abs)."""
+    return abs(x)
 
 
-@overload(floor)
-def _floor(x):
-    if isinstance(x, F32x16):
-        return lambda x: _floor16(x)
-    if isinstance(x, types.Float):
-        return lambda x: np.floor(x)
+_lane_wise(floor, _llvm_unary("llvm.floor.v16f32"), lambda x: np.floor(x))
+_lane_wise(fabs, _llvm_unary("llvm.fabs.v16f32"), lambda x: abs(x))
 
 
-def pow2(n):
-    """2.0 ** n for a whole float32 n in [-126, 127], or of each lane: n + 127 put in the exponent bits."""
-    return np.float32(2.0) ** n
+def pow2(x):
+    """2.0 ** x for a whole float32 x in [-126, 127], or of each lane: x + 127 put in the exponent bits."""
+    return np.float32(2.0) ** x
 
 
 @intrinsic
@@ -376,31 +394,4 @@ def _pow2_16(typingctx, n):
     return f32x16(f32x16), codegen
 
 
-@overload(pow2)
-def _pow2(n):
-    if isinstance(n, F32x16):
-        return lambda n: _pow2_16(n)
-    if n == types.float32:
-        return lambda n: _f32_from_bits(np.int32((np.int32(n) + 127) << 23))
-
-
-def fabs(x):
-    """abs of a float32, or of each lane (the sign bit cleared, as numba's abs)."""
-    return abs(x)
-
-
-@intrinsic
-def _fabs16(typingctx, x):
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(_VEC, [_VEC])
-        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.fabs.v16f32"), args)
-
-    return f32x16(f32x16), codegen
-
-
-@overload(fabs)
-def _fabs(x):
-    if isinstance(x, F32x16):
-        return lambda x: _fabs16(x)
-    if isinstance(x, types.Float):
-        return lambda x: abs(x)
+_lane_wise(pow2, _pow2_16, lambda x: _f32_from_bits(np.int32((np.int32(x) + 127) << 23)))
