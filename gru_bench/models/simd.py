@@ -1,14 +1,18 @@
-"""Explicit 16-lane float32 vectors for numba: the register blocking of the kernels' products.
+"""Explicit 16-lane float32 vectors for numba: the register blocking of the kernels.
 
-numba hands loops to LLVM's loop vectoriser, which vectorises an inner loop over an output row but keeps
-the row in memory: a matrix-vector product then loads and stores its output on every pass over the rows,
-and the dependent additions wait on those round trips. With a vector type of its own, a kernel holds up to
-eight 16-float pieces of its output in registers for the whole product (kernels._vec_mat), as a BLAS
-micro-kernel does. LLVM lowers `<16 x float>` to whatever the CPU has (one AVX-512 register, two AVX2
-ones, four NEON ones) and the masked loads and stores of a row's ragged end to native ones where they exist.
+numba has no vector type: its SIMD is whatever LLVM's loop vectoriser makes of a loop. That vectorises an
+inner loop over an output row but keeps the row in memory, so a matrix-vector product loads and stores its
+output on every pass over the rows, and the dependent additions wait on those round trips; and it ends a
+46-unit gate loop with a scalar tail. With a vector type of its own (numba's extension API: a type, its
+LLVM data model, intrinsics and operator overloads), a kernel holds up to six 16-float pieces of its
+output in registers for a whole product (kernels._vec_mat), as a BLAS micro-kernel does, and runs its gate
+formulas 16 units at a time with a masked last piece. LLVM lowers `<16 x float>` to whatever the CPU has
+(one AVX-512 register, two AVX2 ones, four NEON ones) and the masked loads and stores to native ones where
+they exist.
 
-Every operation is lane-wise IEEE float32: `muladd` is a multiply and then an add, each rounded (never a
-fused multiply-add), so a sum built from them is bit for bit the sum of the scalar loop it replaces.
+Every operation is lane-wise IEEE float32 and the very instruction numba emits for a scalar: `muladd` is a
+multiply and then an add, each rounded (never a fused multiply-add), comparisons are ordered but for !=,
+so a kernel built from them gives the scalar loop's numbers bit for bit (tests/test_kernels.py checks).
 Loads and stores assume a unit stride along the array's last axis (a row of a C-ordered matrix, or a
 slice of one); they are not bounds-checked: the callers stay within their rows.
 """
@@ -50,12 +54,21 @@ def _address(context, builder, aty, arr, i):
     return builder.bitcast(builder.gep(data, [i]), _VEC.as_pointer())
 
 
+def _spread(builder, v, vty):
+    """The scalar v in every lane of a vector of type vty."""
+    one = builder.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _lanes_of(builder, ty, v):
+    """v (of numba type ty) as a vector: itself, or a float32 scalar in every lane."""
+    return v if isinstance(ty, F32x16) else _spread(builder, v, _VEC)
+
+
 def _first(builder, n):
     """The mask of lanes 0..n-1."""
     wide = ir.VectorType(ir.IntType(64), LANES)
-    n = builder.insert_element(ir.Constant(wide, ir.Undefined), n, ir.Constant(_I32, 0))
-    n = builder.shuffle_vector(n, n, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
-    return builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), n)
+    return builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), _spread(builder, n, wide))
 
 
 def _masked(builder, name, ret, args):
@@ -116,8 +129,7 @@ def splat(typingctx, x):
     """x in every lane."""
 
     def codegen(context, builder, sig, args):
-        v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0], ir.Constant(_I32, 0))
-        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+        return _spread(builder, args[0], _VEC)
 
     return f32x16(types.float32), codegen
 
@@ -166,10 +178,7 @@ def transpose16(typingctx, a, z, s, out, i, j):
         in_cols = _first(builder, at_most_16(cols))
         zero = ir.Constant(_VEC, [0.0] * LANES)
         noisy = builder.fcmp_unordered("!=", args[2], ir.Constant(_F, 0.0))  # as Python's s != 0
-        s16 = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[2], ir.Constant(_I32, 0)),
-            ir.Constant(_VEC, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES),
-        )  # fmt: skip
+        s16 = _spread(builder, args[2], _VEC)
         align = ir.Constant(_I32, 4)
         vecs = []
         for r in range(LANES):
@@ -229,14 +238,6 @@ mask16 = Mask16()
 class _Mask16Model(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):  # numba's data-model signature
         super().__init__(dmm, fe_type, _MASK)
-
-
-def _lanes_of(builder, ty, v):
-    """v as a vector: itself, or a float32 scalar in every lane."""
-    if isinstance(ty, F32x16):
-        return v
-    spread = builder.insert_element(ir.Constant(_VEC, ir.Undefined), v, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(spread, spread, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 
 
 def _operands(x, y) -> bool:
