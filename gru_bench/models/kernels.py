@@ -14,8 +14,8 @@ the products hold their output rows in registers as explicit 16-float vectors (s
 rows of the matrix (_vec_mat; two output rows at a time where they do not depend on each other, _mat_mat:
 the readout, its gradient and the outer products), the forward adds h U into the projected inputs in
 place, the backward's outer products are summed after each sequence's recurrence (_outer_acc_steps), the
-loss's float32 part runs 8 lanes wide, and the input projection visits a branch-free list of the notes
-on (_nonzero).
+gate formulas and the loss's float32 part run on the same 16-float vectors, and the input projection
+visits a branch-free list of the notes on (_nonzero).
 
 Kinds: "tanh", "gru" (paper: reset before U), "lstm" (peepholes; zeros = torch's LSTM), "gru_cudnn"
 (torch/cuDNN GRU: n = tanh(xp_n + r * (h U_n + b_hn))). Gate blocks are ordered as in cells.py / torch.
@@ -360,6 +360,9 @@ def _outer_acc(v, g, dM):
             dM[i, j] += vi * g[j]
 
 
+_STEPS = 32  # steps per chunk of _outer_acc_steps: 32 rows of 96 floats, 12 KiB
+
+
 @_jit
 def _outer_acc_steps(vs, gs, c0, c1, dM, rev):
     """dM[:, : c1 - c0] += outer(vs[t], gs[t, c0:c1]) for every row t, in order (last to first if rev).
@@ -371,14 +374,12 @@ def _outer_acc_steps(vs, gs, c0, c1, dM, rev):
     recurrence."""
     n, out = vs.shape[0], dM[:, : c1 - c0]
     for t0 in range(0, n, _STEPS):
-        lo, hi = (max(n - t0 - _STEPS, 0), n - t0) if rev else (t0, min(t0 + _STEPS, n))
-        if rev:
+        if rev:  # steps n - 1 - t0 down to n - t0 - _STEPS
+            lo, hi = max(n - t0 - _STEPS, 0), n - t0
             _mat_mat(vs[lo:hi][::-1].T, gs[lo:hi, c0:c1][::-1], out)
         else:
+            lo, hi = t0, min(t0 + _STEPS, n)
             _mat_mat(vs[lo:hi].T, gs[lo:hi, c0:c1], out)
-
-
-_STEPS = 32  # steps per chunk of _outer_acc_steps: 32 rows of 96 floats, 12 KiB
 
 
 @_jit
@@ -1149,7 +1150,7 @@ def _nll(logits, x, steps, sums, dlog):
                     e = _exp(-simd.fabs(aj))  # stable: log(1 + exp(-|a|)) never overflows
                     _put(term, j, simd.where(zero > aj, zero, aj) - aj * yj + _log1p01(e), m)  # max(a, 0)
                     _put(d, j, simd.where(aj >= zero, ONE, e) / (ONE + e) - yj, m)
-                for j in range(acc.shape[0]):  # apart, as numba's loop vectoriser: float64 is 8 lanes wide
+                for j in range(acc.shape[0]):  # the float64 sums apart (LLVM runs them 8 lanes wide)
                     acc[j] += term[j]
             sums[k, s] = acc.sum()
 
