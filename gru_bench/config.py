@@ -448,14 +448,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 CPUS_VAR = "GRU_BENCH_CPUS"  # the CPUs one training process may use; a sweep sets it for each worker
-MKL_BRANCH_VAR, MKL_EXACT = "MKL_CBWR", "AVX2,STRICT"
+MKL_BRANCH_VAR, MKL_EXACT = "MKL_CBWR", "AUTO,STRICT"
 
 
 def exact_mkl() -> None:
-    """Ask MKL for its strict reproducible AVX2 branch unless $MKL_CBWR chooses one: there a row of a product
-    rounds the same whatever the number of rows and wherever the data lie, which the BLAS path's promise
-    (a stacked or padded model equals the model alone) needs. MKL's AVX-512 branch, its default on Intel
-    CPUs, breaks it and is up to ~1.6x faster on large products (docs/models-and-speed.md, "BLAS path").
+    """Ask MKL for strict reproducible mode on its own branch for this CPU unless $MKL_CBWR chooses one:
+    there a row of a product rounds the same whatever the number of rows and wherever the data lie, which
+    the BLAS path's promise (a stacked or padded model equals the model alone) needs. Without STRICT, MKL's
+    AVX-512 branch (its default on Intel CPUs) breaks it; the AVX2 branch in strict mode keeps it too but
+    is ~1.5x slower on large products there (docs/models-and-speed.md, "BLAS path").
     MKL reads the setting at its first call, so this must run before any."""
     os.environ.setdefault(MKL_BRANCH_VAR, MKL_EXACT)
 

@@ -739,7 +739,7 @@ def _readout_grad(dout, hs, V, dhs, dV, dc, steps):
 # forwards h @ U per step for all B rows, backwards g @ U.T per step, and per sequence over all its steps
 # the readout, dV, dhs and dU (a sum over rows, so only steps within the sequence enter it). The gate
 # arithmetic is the element kernels'. What stays exact, where MKL rounds a row the same for every M >= 8
-# and wherever the data lie (its AVX2 branch: AMD by default, Intel with MKL_CBWR=AVX2,STRICT; see
+# and wherever the data lie (in its strict reproducible mode, MKL_CBWR=AUTO,STRICT, which the CLI sets; see
 # docs/models-and-speed.md): model k's numbers do not depend on K, on padding of T or on the batch size
 # from 8 on. They match the element kernels to float32 rounding (~1e-6 relative), not bit for bit.
 # tests/test_kernels.py checks all of this.
