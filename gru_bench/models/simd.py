@@ -32,6 +32,7 @@ _F = ir.FloatType()
 _VEC = ir.VectorType(_F, LANES)
 _I32 = ir.IntType(32)
 _MASK = ir.VectorType(ir.IntType(1), LANES)
+_MLOAD, _MSTORE = "llvm.masked.load.v16f32.p0", "llvm.masked.store.v16f32.p0"
 
 
 class F32x16(types.Type):
@@ -105,7 +106,7 @@ def load_n(typingctx, a, i, n):
         p = _address(context, builder, sig.args[0], args[0], args[1])
         zero = ir.Constant(_VEC, [0.0] * LANES)
         mask = _first(builder, args[2])
-        return _masked(builder, "llvm.masked.load.v16f32.p0", _VEC, [p, ir.Constant(_I32, 4), mask, zero])
+        return _masked(builder, _MLOAD, _VEC, [p, ir.Constant(_I32, 4), mask, zero])
 
     return f32x16(a, types.intp, types.intp), codegen
 
@@ -118,7 +119,7 @@ def store_n(typingctx, a, i, x, n):
         p = _address(context, builder, sig.args[0], args[0], args[1])
         mask = _first(builder, args[3])
         align = ir.Constant(_I32, 4)
-        _masked(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(), [args[2], p, align, mask])
+        _masked(builder, _MSTORE, ir.VoidType(), [args[2], p, align, mask])
         return context.get_dummy_value()
 
     return types.none(a, types.intp, f32x16, types.intp), codegen
@@ -184,12 +185,11 @@ def transpose16(typingctx, a, z, s, out, i, j):
         for r in range(LANES):
             row = builder.add(i, ir.Constant(i64, r))
             row = builder.select(builder.icmp_signed("<", row, m), row, builder.sub(m, ir.Constant(i64, 1)))
-            load = "llvm.masked.load.v16f32.p0"
             va = _masked(
-                builder, load, _VEC, [_row(context, builder, src, aty, row, j), align, in_cols, zero]
+                builder, _MLOAD, _VEC, [_row(context, builder, src, aty, row, j), align, in_cols, zero]
             )
             vz = _masked(
-                builder, load, _VEC, [_row(context, builder, noise, zty, row, j), align, in_cols, zero]
+                builder, _MLOAD, _VEC, [_row(context, builder, noise, zty, row, j), align, in_cols, zero]
             )
             vecs.append(builder.select(noisy, builder.fadd(va, builder.fmul(vz, s16)), va))
         for d in (8, 4, 2, 1):
@@ -208,10 +208,9 @@ def transpose16(typingctx, a, z, s, out, i, j):
             inside = builder.icmp_signed("<", ir.Constant(i64, c), cols)
             col = builder.select(inside, builder.add(j, ir.Constant(i64, c)), j)  # a row of out either way
             mask = builder.select(inside, in_rows, ir.Constant(_MASK, [0] * LANES))
-            store = "llvm.masked.store.v16f32.p0"
             _masked(
                 builder,
-                store,
+                _MSTORE,
                 ir.VoidType(),
                 [vecs[c], _row(context, builder, dst, oty, col, i), align, mask],
             )
