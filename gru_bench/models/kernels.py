@@ -47,6 +47,12 @@ except ImportError:  # pragma: no cover - the pure-torch path takes over
 # from vectorising the gate loops
 _OPTIONS = {"cache": True, "fastmath": False, "nogil": True, "error_model": "numpy"}
 _jit = njit(**_OPTIONS) if njit is not None else (lambda f: f)
+# Without numba's reference counting (NRT): each view an NRT function makes (a row, a slice) costs an
+# atomic increment and decrement, two calls, and a recurrence makes ~10 per step: a tenth of a batch-1
+# update. So the per-step loops (one sequence's recurrence, `*_seq`) and the products run without it;
+# they may not allocate, nor may anything they call (numba compiles the callees the same way), so the
+# kernels around them allocate their scratch and hand it in.
+_raw = njit(_nrt=False, **_OPTIONS) if njit is not None else (lambda f: f)
 ONE = np.float32(1.0)
 TWO = np.float32(2.0)
 F32 = np.float32
@@ -146,42 +152,53 @@ def _nonzero(v, on):
 @_jit
 def _project(x, W, b, xp, steps):
     """xp = x @ W + b per (k, sequence, step), skipping zero inputs."""
-    K, B, T, n_in = x.shape
-    on = np.empty(n_in, np.int64)
+    K, B = steps.shape
+    on = np.empty(x.shape[3], np.int64)
     for k in range(K):
         for s in range(B):
-            for t in range(steps[k, s]):
-                out = xp[k, s, t]
-                out[:] = b[k]
-                m = _nonzero(x[k, s, t], on)
-                q = 0
-                while q + 4 <= m:  # four rows per pass over out, each element's sum in the same order
-                    i0, i1, i2, i3 = on[q], on[q + 1], on[q + 2], on[q + 3]
-                    v0, v1, v2, v3 = x[k, s, t, i0], x[k, s, t, i1], x[k, s, t, i2], x[k, s, t, i3]
-                    w0, w1, w2, w3 = W[k, i0], W[k, i1], W[k, i2], W[k, i3]
-                    for j in range(out.shape[0]):
-                        out[j] = (((out[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
-                    q += 4
-                for i in on[q:m]:
-                    v, w = x[k, s, t, i], W[k, i]
-                    for j in range(out.shape[0]):
-                        out[j] += v * w[j]
+            _project_seq(x[k, s], W[k], b[k], xp[k, s], steps[k, s], on)
+
+
+@_raw
+def _project_seq(x, W, b, xp, m, on):
+    for t in range(m):
+        out = xp[t]
+        for j in range(out.shape[0]):
+            out[j] = b[j]
+        n_on = _nonzero(x[t], on)
+        q = 0
+        while q + 4 <= n_on:  # four rows per pass over out, each element's sum in the same order
+            i0, i1, i2, i3 = on[q], on[q + 1], on[q + 2], on[q + 3]
+            v0, v1, v2, v3 = x[t, i0], x[t, i1], x[t, i2], x[t, i3]
+            w0, w1, w2, w3 = W[i0], W[i1], W[i2], W[i3]
+            for j in range(out.shape[0]):
+                out[j] = (((out[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
+            q += 4
+        for i in on[q:n_on]:
+            v, w = x[t, i], W[i]
+            for j in range(out.shape[0]):
+                out[j] += v * w[j]
 
 
 @_jit
 def _project_grad(x, dxp, dW, db, steps):
-    K, B, T, n_in = x.shape
-    on = np.empty(n_in, np.int64)
+    K, B = steps.shape
+    on = np.empty(x.shape[3], np.int64)
     for k in range(K):
         for s in range(B):
-            for t in range(steps[k, s]):
-                g = dxp[k, s, t]
-                for j in range(g.shape[0]):
-                    db[k, j] += g[j]
-                for q in range(_nonzero(x[k, s, t], on)):
-                    v, dw = x[k, s, t, on[q]], dW[k, on[q]]
-                    for j in range(g.shape[0]):
-                        dw[j] += v * g[j]
+            _project_grad_seq(x[k, s], dxp[k, s], dW[k], db[k], steps[k, s], on)
+
+
+@_raw
+def _project_grad_seq(x, dxp, dW, db, m, on):
+    for t in range(m):
+        g = dxp[t]
+        for j in range(g.shape[0]):
+            db[j] += g[j]
+        for q in range(_nonzero(x[t], on)):
+            v, dw = x[t, on[q]], dW[on[q]]
+            for j in range(g.shape[0]):
+                dw[j] += v * g[j]
 
 
 # --- products, register-blocked (simd.py says why): every output element adds its terms one at a time, in
@@ -207,7 +224,7 @@ def _piece(n, j, q, pieces, nvec):
     return nv, min(LANES, n - j - LANES * (nv - 1))
 
 
-@_jit
+@_raw
 def _vec_mat(v, M, out):
     """out += v @ M[:, : len(out)] (M's rows contiguous)."""
     n = out.shape[0]
@@ -230,7 +247,7 @@ def _vec_mat(v, M, out):
         j += LANES * nv
 
 
-@_jit
+@_raw
 def _mat_mat(A, M, out):
     """out[r] += A[r] @ M[:, : out.shape[1]] for every row r (M's rows contiguous): two rows at a time share
     each load of M and run twice the independent sums."""
@@ -339,7 +356,7 @@ def _transposed(M, width):
     return out
 
 
-@_jit
+@_raw
 def _transpose_sum(a, z, s, out):
     """out[: n, : m] = (a + z * s).T for a (m, n), a.T itself where s == 0, one 16 x 16 tile at a time
     transposed in registers (simd.transpose16: ~6x faster than a loop that writes every element a row
@@ -350,7 +367,7 @@ def _transpose_sum(a, z, s, out):
             simd.transpose16(a, z, s, out, i, j)
 
 
-@_jit
+@_raw
 def _outer_acc(v, g, dM):
     """dM[:, : len(g)] += outer(v, g)."""
     n = g.shape[0]
@@ -363,7 +380,7 @@ def _outer_acc(v, g, dM):
 _STEPS = 32  # steps per chunk of _outer_acc_steps: 32 rows of 96 floats, 12 KiB
 
 
-@_jit
+@_raw
 def _outer_acc_steps(vs, gs, c0, c1, dM, rev):
     """dM[:, : c1 - c0] += outer(vs[t], gs[t, c0:c1]) for every row t, in order (last to first if rev).
 
@@ -557,10 +574,15 @@ def _tanh_fwd(xp, U, hs, steps):
     zero = np.zeros(H, F32)
     for k in range(K):
         for s in range(B):
-            for t in range(steps[k, s]):
-                hp = hs[k, s, t - 1] if t > 0 else zero
-                _vec_mat(hp, U[k], xp[k, s, t])
-                _tanh_step(xp[k, s, t], hs[k, s, t])
+            _tanh_fwd_seq(xp[k, s], U[k], hs[k, s], steps[k, s], zero)
+
+
+@_raw
+def _tanh_fwd_seq(xp, U, hs, m, zero):
+    for t in range(m):
+        hp = hs[t - 1] if t > 0 else zero
+        _vec_mat(hp, U, xp[t])
+        _tanh_step(xp[t], hs[t])
 
 
 @_jit
@@ -570,13 +592,18 @@ def _tanh_bwd(dhs, U, hs, dxp, dU, steps):
     for k in range(K):
         UT = _transposed(U[k], dh.shape[0])
         for s in range(B):
-            dh[:] = 0
-            for t in range(steps[k, s] - 1, -1, -1):
-                g = dxp[k, s, t]
-                _tanh_step_bwd(dhs[k, s, t], dh, hs[k, s, t], g)
-                dh[:] = 0
-                _vec_mat(g, UT, dh)
+            _tanh_bwd_seq(dhs[k, s], UT, hs[k, s], dxp[k, s], steps[k, s], dh)
             _seq_dU(hs[k, s], dxp[k, s], 0, H, dU[k], steps[k, s])
+
+
+@_raw
+def _tanh_bwd_seq(dhs, UT, hs, dxp, m, dh):
+    dh[:] = 0
+    for t in range(m - 1, -1, -1):
+        g = dxp[t]
+        _tanh_step_bwd(dhs[t], dh, hs[t], g)
+        dh[:] = 0
+        _vec_mat(g, UT, dh)
 
 
 # --- paper GRU: r, z = sig(xp_rz + h U_rz); n = tanh(xp_n + (r h) U_n); h' = (1 - z) h + z n ---------
@@ -588,14 +615,20 @@ def _gru_fwd(xp, U, hs, r, z, n, steps):
     zero = np.zeros(H, F32)
     rh = np.empty(H, F32)
     for k in range(K):
-        Urz, Un = U[k, :, : 2 * H], U[k, :, 2 * H :]
         for s in range(B):
-            for t in range(steps[k, s]):
-                hp, a = hs[k, s, t - 1] if t > 0 else zero, xp[k, s, t]
-                _vec_mat(hp, Urz, a[: 2 * H])
-                _gru_rz(a, hp, r[k, s, t], z[k, s, t], rh)
-                _vec_mat(rh, Un, a[2 * H :])
-                _gru_new(a[2 * H :], hp, z[k, s, t], n[k, s, t], hs[k, s, t])
+            _gru_fwd_seq(xp[k, s], U[k], hs[k, s], r[k, s], z[k, s], n[k, s], steps[k, s], zero, rh)
+
+
+@_raw
+def _gru_fwd_seq(xp, U, hs, r, z, n, m, zero, rh):
+    H = hs.shape[1]
+    Urz, Un = U[:, : 2 * H], U[:, 2 * H :]
+    for t in range(m):
+        hp, a = hs[t - 1] if t > 0 else zero, xp[t]
+        _vec_mat(hp, Urz, a[: 2 * H])
+        _gru_rz(a, hp, r[t], z[t], rh)
+        _vec_mat(rh, Un, a[2 * H :])
+        _gru_new(a[2 * H :], hp, z[t], n[t], hs[t])
 
 
 @_jit
@@ -608,19 +641,26 @@ def _gru_bwd(dhs, U, hs, r, z, n, dxp, dU, steps):
     for k in range(K):
         UT = _transposed(U[k], dh.shape[0])
         for s in range(B):
-            dh[:] = 0
-            for t in range(steps[k, s] - 1, -1, -1):
-                hp = hs[k, s, t - 1] if t > 0 else zero
-                g = dxp[k, s, t]
-                _gru_new_bwd(dhs[k, s, t], dh, hp, z[k, s, t], n[k, s, t], g)
-                for j in range(H):
-                    rh[t, j] = r[k, s, t, j] * hp[j]
-                drh[:] = 0
-                _vec_mat(g[2 * H :], UT[2 * H :], drh)
-                _gru_rz_bwd(drh, hp, r[k, s, t], g, dh)
-                _vec_mat(g[: 2 * H], UT[: 2 * H], dh)
-            _outer_acc_steps(rh[: steps[k, s]], dxp[k, s], 2 * H, 3 * H, dU[k, :, 2 * H :], True)
-            _seq_dU(hs[k, s], dxp[k, s], 0, 2 * H, dU[k], steps[k, s])
+            m = steps[k, s]
+            _gru_bwd_seq(dhs[k, s], UT, hs[k, s], r[k, s], z[k, s], n[k, s], dxp[k, s], m, zero, dh, drh, rh)
+            _outer_acc_steps(rh[:m], dxp[k, s], 2 * H, 3 * H, dU[k, :, 2 * H :], True)
+            _seq_dU(hs[k, s], dxp[k, s], 0, 2 * H, dU[k], m)
+
+
+@_raw
+def _gru_bwd_seq(dhs, UT, hs, r, z, n, dxp, m, zero, dh, drh, rh):
+    H = hs.shape[1]
+    dh[:] = 0
+    for t in range(m - 1, -1, -1):
+        hp = hs[t - 1] if t > 0 else zero
+        g = dxp[t]
+        _gru_new_bwd(dhs[t], dh, hp, z[t], n[t], g)
+        for j in range(H):
+            rh[t, j] = r[t, j] * hp[j]
+        drh[:] = 0
+        _vec_mat(g[2 * H :], UT[2 * H :], drh)
+        _gru_rz_bwd(drh, hp, r[t], g, dh)
+        _vec_mat(g[: 2 * H], UT[: 2 * H], dh)
 
 
 # --- torch/cuDNN GRU: n = tanh(xp_n + r (h U_n + b_hn)); h' = (1 - z) n + z h ---------------------------
@@ -633,13 +673,18 @@ def _gru_cudnn_fwd(xp, U, bhn, hs, r, z, n, hn, steps):
     hu = np.zeros(3 * H, F32)
     for k in range(K):
         for s in range(B):
-            for t in range(steps[k, s]):
-                hp = hs[k, s, t - 1] if t > 0 else zero
-                hu[:] = 0
-                _vec_mat(hp, U[k], hu)
-                _gru_cudnn_step(
-                    xp[k, s, t], hu, bhn[k], hp, r[k, s, t], z[k, s, t], n[k, s, t], hn[k, s, t], hs[k, s, t]
-                )
+            _gru_cudnn_fwd_seq(
+                xp[k, s], U[k], bhn[k], hs[k, s], r[k, s], z[k, s], n[k, s], hn[k, s], steps[k, s], zero, hu
+            )
+
+
+@_raw
+def _gru_cudnn_fwd_seq(xp, U, bhn, hs, r, z, n, hn, m, zero, hu):
+    for t in range(m):
+        hp = hs[t - 1] if t > 0 else zero
+        hu[:] = 0
+        _vec_mat(hp, U, hu)
+        _gru_cudnn_step(xp[t], hu, bhn, hp, r[t], z[t], n[t], hn[t], hs[t])
 
 
 @_jit
@@ -651,15 +696,18 @@ def _gru_cudnn_bwd(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
     for k in range(K):
         UT = _transposed(U[k], dh.shape[0])
         for s in range(B):
-            dh[:] = 0
-            for t in range(steps[k, s] - 1, -1, -1):
-                hp = hs[k, s, t - 1] if t > 0 else zero
-                _gru_cudnn_step_bwd(
-                    dhs[k, s, t], dh, hp, r[k, s, t], z[k, s, t], n[k, s, t], hn[k, s, t], dxp[k, s, t],
-                    gh[t], dbhn[k],
-                )  # fmt: skip
-                _vec_mat(gh[t], UT, dh)
+            _gru_cudnn_bwd_seq(dhs[k, s], UT, hs[k, s], r[k, s], z[k, s], n[k, s], hn[k, s], dxp[k, s],
+                dbhn[k], steps[k, s], zero, dh, gh)  # fmt: skip
             _seq_dU(hs[k, s], gh, 0, 3 * H, dU[k], steps[k, s])
+
+
+@_raw
+def _gru_cudnn_bwd_seq(dhs, UT, hs, r, z, n, hn, dxp, dbhn, m, zero, dh, gh):
+    dh[:] = 0
+    for t in range(m - 1, -1, -1):
+        hp = hs[t - 1] if t > 0 else zero
+        _gru_cudnn_step_bwd(dhs[t], dh, hp, r[t], z[t], n[t], hn[t], dxp[t], gh[t], dbhn)
+        _vec_mat(gh[t], UT, dh)
 
 
 # --- LSTM with peepholes (Graves 2013), gates i, f, g, o; o peeks at the new cell --------------------
@@ -671,11 +719,18 @@ def _lstm_fwd(xp, U, peep, hs, cs, gates, tc, steps):
     zero = np.zeros(H, F32)
     for k in range(K):
         for s in range(B):
-            for t in range(steps[k, s]):
-                hp = hs[k, s, t - 1] if t > 0 else zero
-                cp = cs[k, s, t - 1] if t > 0 else zero
-                _vec_mat(hp, U[k], xp[k, s, t])
-                _lstm_step(xp[k, s, t], peep[k], cp, gates[k, s, t], cs[k, s, t], tc[k, s, t], hs[k, s, t])
+            _lstm_fwd_seq(
+                xp[k, s], U[k], peep[k], hs[k, s], cs[k, s], gates[k, s], tc[k, s], steps[k, s], zero
+            )
+
+
+@_raw
+def _lstm_fwd_seq(xp, U, peep, hs, cs, gates, tc, m, zero):
+    for t in range(m):
+        hp = hs[t - 1] if t > 0 else zero
+        cp = cs[t - 1] if t > 0 else zero
+        _vec_mat(hp, U, xp[t])
+        _lstm_step(xp[t], peep, cp, gates[t], cs[t], tc[t], hs[t])
 
 
 @_jit
@@ -687,17 +742,21 @@ def _lstm_bwd(dhs, U, peep, hs, cs, gates, tc, dxp, dU, dpeep, steps):
     for k in range(K):
         UT = _transposed(U[k], dh.shape[0])
         for s in range(B):
-            dh[:] = 0
-            dc[:] = 0
-            for t in range(steps[k, s] - 1, -1, -1):
-                cp = cs[k, s, t - 1] if t > 0 else zero
-                g = dxp[k, s, t]
-                _lstm_step_bwd(
-                    dhs[k, s, t], dh, dc, peep[k], cp, gates[k, s, t], tc[k, s, t], cs[k, s, t], g, dpeep[k]
-                )
-                dh[:] = 0
-                _vec_mat(g, UT, dh)
+            _lstm_bwd_seq(dhs[k, s], UT, peep[k], cs[k, s], gates[k, s], tc[k, s], dxp[k, s], dpeep[k],
+                steps[k, s], zero, dh, dc)  # fmt: skip
             _seq_dU(hs[k, s], dxp[k, s], 0, 4 * H, dU[k], steps[k, s])
+
+
+@_raw
+def _lstm_bwd_seq(dhs, UT, peep, cs, gates, tc, dxp, dpeep, m, zero, dh, dc):
+    dh[:] = 0
+    dc[:] = 0
+    for t in range(m - 1, -1, -1):
+        cp = cs[t - 1] if t > 0 else zero
+        g = dxp[t]
+        _lstm_step_bwd(dhs[t], dh, dc, peep, cp, gates[t], tc[t], cs[t], g, dpeep)
+        dh[:] = 0
+        _vec_mat(g, UT, dh)
 
 
 # --- linear readout: logits = h @ V + c, summed over steps in sequence order -------------------------
