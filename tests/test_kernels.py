@@ -216,24 +216,28 @@ def test_zero_skipping_projection_equals_the_dense_sum_bit_for_bit():
 @pytest.mark.parametrize("n", [1, 5, 16, 17, 46, 88, 96, 100, 144, 161])
 def test_register_blocked_products_are_the_plain_loops_sums(n):
     """_vec_mat and _mat_mat (output rows in 16-float registers, ragged ends masked, two rows at a time) give
-    the row-by-row float32 sum bit for bit, and write nothing beyond their n columns."""
+    the row-by-row float32 sum bit for bit, and write nothing beyond their n columns; also where M has
+    columns past n, which they read a whole vector wide (here NaN: those lanes must never be stored)."""
     rng = np.random.default_rng(n)
     for m in (0, 1, 3, 46):
         A = rng.normal(size=(5, m)).astype(np.float32)
         A[:, ::3] = 0  # zero terms: -0.0 + 0 * x is +0.0, which a skipped term would not give
         M = rng.normal(size=(m, n + 7)).astype(np.float32)[:, 2 : n + 2]  # rows inside wider ones
+        wide = np.full((m, n + 16), np.nan, np.float32)
+        wide[:, :n] = M
         start = rng.normal(size=(5, n + 1)).astype(np.float32)
         start[:, ::2] = -0.0
         start[0, -2] = np.inf
         want = start[:, :n].copy()
         for i in range(m):
             want = want + A[:, i : i + 1] * M[i]
-        rows, one = start.copy(), start.copy()
-        kernels._mat_mat(A, M, rows[:, :n])
-        kernels._vec_mat(A[0], M, one[0, :n])
-        for got, k in ((rows, 5), (one, 1)):
-            assert got[:k, :n].tobytes() == want[:k].tobytes()
-            assert got[:, n:].tobytes() == start[:, n:].tobytes()  # the column past the output untouched
+        for B in (M, wide):
+            rows, one = start.copy(), start.copy()
+            kernels._mat_mat(A, B, rows[:, :n])
+            kernels._vec_mat(A[0], B, one[0, :n])
+            for got, k in ((rows, 5), (one, 1)):
+                assert got[:k, :n].tobytes() == want[:k].tobytes()
+                assert got[:, n:].tobytes() == start[:, n:].tobytes()  # the column past the output untouched
 
 
 @pytest.mark.parametrize("name", ["_exp", "_sig", "_tanh", "_log1p01"])
