@@ -294,7 +294,8 @@ def test_blocked_outer_products_add_in_the_order_of_one_step_at_a_time(rev):
     """dU and dV sum their per-step outer products in chunks of steps, two rows of dU at a time: bit for
     bit the per-step sums."""
     rng = np.random.default_rng(1)
-    for n in [*range(10), 31, 32, 33, 70]:  # chunks of kernels._STEPS = 32 steps
+    c = kernels._STEPS  # steps per chunk
+    for n in [*range(10), c - 1, c, c + 1, 2 * c + 6]:
         vs, gs = rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, 13)).astype(np.float32)
         start = rng.normal(size=(5, 9)).astype(np.float32)
         blocked, stepwise = start.copy(), start.copy()

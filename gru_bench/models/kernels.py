@@ -402,7 +402,7 @@ def _outer_acc(v, g, dM):
             dM[i, j] += vi * g[j]
 
 
-_STEPS = 32  # steps per chunk of _outer_acc_steps: 32 rows of 96 floats, 12 KiB
+_STEPS = 64  # steps per chunk of _outer_acc_steps: 64 rows of 96 floats, 24 KiB (32: ~4% slower, 128: ~5%)
 
 
 @_raw
