@@ -166,7 +166,7 @@ def _project(x, W, b, xp, steps):
 def _project_seq(x, W, b, xp, m, on):
     for t in range(m):
         out = xp[t]
-        for j in range(out.shape[0]):
+        for j in range(out.shape[0]):  # not out[:] = b: without NRT an array copy cannot allocate a temporary
             out[j] = b[j]
         n_on = _nonzero(x[t], on)
         q = 0
