@@ -367,9 +367,7 @@ def _aligned_zeros(rows, width):
 def _padded(M, width):
     """M with zero columns appended up to `width` (a copy): _block reads its rows a whole vector wide."""
     out = _aligned_zeros(M.shape[0], width)
-    for i in range(M.shape[0]):
-        for j in range(M.shape[1]):
-            out[i, j] = M[i, j]
+    out[:, : M.shape[1]] = M
     return out
 
 
