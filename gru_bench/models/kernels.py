@@ -215,8 +215,8 @@ def _project_grad_seq(x, dxp, dW, db, m, on):
 def _piece_size() -> int:
     """Vectors of one output row held at once: 6 where numba compiles for this CPU and it has AVX-512 (32
     registers, one vector each), else 4. Six are twelve of AVX2's 16 registers and spill: on an AMD EPYC
-    (AVX2) 4 made forward + backward 3-11% faster than 6 (GRU, LSTM, tanh-RNN and cuDNN GRU at their
-    paper sizes); on the AVX-512 Xeon 6 is the fastest."""
+    (AVX2) 4 took forward + backward 0.89-0.97x the time of 6 at 250 steps and 0.93-1.00x at 60 (GRU,
+    LSTM, tanh-RNN and cuDNN GRU at their paper sizes); on the AVX-512 Xeon 6 is the fastest."""
     if njit is None or numba_config.CPU_NAME is not None:  # a set NUMBA_CPU_NAME: maybe not this CPU's ISA
         return 4
     return 6 if binding.get_host_cpu_features().get("avx512f", False) else 4
