@@ -13,6 +13,10 @@ from gru_bench.models import CELLS, IMPLS, build_model, kernels
 from gru_bench.paper import HIDDEN_SIZES
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba not importable")
+if kernels.available():
+    import numba
+
+    from gru_bench.models import simd
 N_IN = 88
 
 
@@ -273,20 +277,40 @@ def test_gate_formulas_on_16_lanes_are_the_scalar_ones_bit_for_bit(name):
     assert a.tobytes() == b.tobytes()
 
 
-def test_tiled_transposes_are_exact_and_stay_inside_the_output():
-    """_transpose_sum (16 x 16 tiles transposed in registers): out = (a + z * s).T bit for bit, a.T where
-    s == 0 (z not used), ragged tiles at every edge, nothing written outside out[: n, : m]."""
+def _tiled_transpose(tile: int):
+    """kernels._transpose_sum with tiles of `tile` (the host's is kernels._TILE): both kinds on any CPU."""
+    if tile == kernels._TILE:
+        return kernels._transpose_sum
+    intrinsic = simd.transpose16 if tile == 16 else simd.transpose8
+
+    @numba.njit
+    def transpose(a, z, s, out):
+        for i in range(0, a.shape[0], tile):
+            for j in range(0, a.shape[1], tile):
+                intrinsic(a, z, s, out, i, j)
+
+    return transpose
+
+
+@pytest.mark.parametrize("tile", [16, 8])
+def test_tiled_transposes_are_exact_and_stay_inside_the_output(tile):
+    """_transpose_sum (tile x tile blocks transposed in registers): out = (a + z * s).T bit for bit, a.T
+    where s == 0 (z not used), ragged tiles at every edge; outside out[: n, : m] nothing is written but
+    zeros in the columns the last tile spans, where out has room for them (a padded transpose)."""
     rng = np.random.default_rng(5)
+    transpose = _tiled_transpose(tile)
     for m, n in [(1, 1), (3, 5), (16, 16), (17, 33), (46, 138), (88, 46)]:
         a = rng.normal(size=(m, n + 2)).astype(np.float32)[:, 1 : n + 1]  # rows inside wider ones
         z = rng.normal(size=(m, n)).astype(np.float32)
         z[0, 0] = np.inf  # inf * 0 would be NaN: s == 0 must not use z
-        for s in (np.float32(0.0), np.float32(0.075)):
-            out = np.full((n + 1, m + 3), 7.0, np.float32)
-            kernels._transpose_sum(a, z, s, out)
+        end = -(-m // tile) * tile  # the last tile's end
+        for s, width in [(np.float32(0.0), m + 3), (np.float32(0.075), m), (np.float32(0.0), end + 5)]:
+            out = np.full((n + 1, width), 7.0, np.float32)
+            transpose(a, z, s, out)
             want = (a + z * s).T if s else a.T
             assert out[:n, :m].tobytes() == np.ascontiguousarray(want).tobytes()
-            assert (out[n:] == 7).all() and (out[:, m:] == 7).all()
+            assert (out[n:] == 7).all() and (out[:, end:] == 7).all()
+            assert (out[:n, m:end] == (0 if end <= width else 7)).all()
 
 
 @pytest.mark.parametrize("rev", [False, True])

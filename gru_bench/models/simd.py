@@ -58,7 +58,7 @@ def _address(context, builder, aty, arr, i):
 def _spread(builder, v, vty):
     """The scalar v in every lane of a vector of type vty."""
     one = builder.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count))
 
 
 def _lanes_of(builder, ty, v):
@@ -66,10 +66,10 @@ def _lanes_of(builder, ty, v):
     return v if isinstance(ty, F32x16) else _spread(builder, v, _VEC)
 
 
-def _first(builder, n):
-    """The mask of lanes 0..n-1."""
-    wide = ir.VectorType(ir.IntType(64), LANES)
-    return builder.icmp_unsigned("<", ir.Constant(wide, list(range(LANES))), _spread(builder, n, wide))
+def _first(builder, n, lanes=LANES):
+    """The mask of lanes 0..n-1 of a vector of `lanes` lanes."""
+    wide = ir.VectorType(ir.IntType(64), lanes)
+    return builder.icmp_unsigned("<", ir.Constant(wide, list(range(lanes))), _spread(builder, n, wide))
 
 
 def _masked(builder, name, ret, args):
@@ -154,69 +154,144 @@ def _row(context, builder, arr, aty, i, j):
     return builder.bitcast(p, _VEC.as_pointer())
 
 
+def _transpose_tile(w: int):
+    """The intrinsic transpose{w}(a, z, s, out, i, j), for w = 16 or 8:
+
+    out[j + c, i + r] = a[i + r, j + c] + z[i + r, j + c] * s (a alone where s == 0) for the r, c < w
+    inside a (m, n): one w x w tile, its rows loaded as vectors and transposed in registers by rounds of
+    two-row shuffles (each swaps the off-diagonal blocks of one size: w/2, ..., 2, 1). z has a's shape; it
+    is read but not used where s == 0. Where out's rows have room for a whole vector from column i (a
+    padded transpose: kernels._transposed), each row of the tile is one plain store, rows past m giving
+    zeros; elsewhere masked stores write only the tile. Rows past m are read from row m - 1. AVX2 has no
+    cheap masked store (Zen 3 microcodes it): with masked stores throughout, transposing a 46 x 138 matrix
+    took 3x as long on an AMD EPYC (the tiles alone, 8 x 8)."""
+    vec, mask_ty, i64 = ir.VectorType(_F, w), ir.VectorType(ir.IntType(1), w), ir.IntType(64)
+    mload, mstore = f"llvm.masked.load.v{w}f32.p0", f"llvm.masked.store.v{w}f32.p0"
+
+    def first(builder, n):  # the mask of lanes 0..min(n, w) - 1
+        n = builder.select(builder.icmp_signed("<", n, ir.Constant(i64, w)), n, ir.Constant(i64, w))
+        return _first(builder, n, w)
+
+    def transpose(typingctx, a, z, s, out, i, j):
+        def codegen(context, builder, sig, args):
+            aty, zty, _, oty = sig.args[:4]
+            src = context.make_array(aty)(context, builder, args[0])
+            noise = context.make_array(zty)(context, builder, args[1])
+            dst = context.make_array(oty)(context, builder, args[3])
+            i, j = args[4], args[5]
+            m, n = cgutils.unpack_tuple(builder, src.shape, 2)
+            width = cgutils.unpack_tuple(builder, dst.shape, 2)[1]
+
+            def at(arr, ty, r, c):
+                return builder.bitcast(_row(context, builder, arr, ty, r, c), vec.as_pointer())
+
+            rows, cols = builder.sub(m, i), builder.sub(n, j)  # left in a from (i, j)
+            in_cols, in_rows = first(builder, cols), first(builder, rows)
+            zero = ir.Constant(vec, [0.0] * w)
+            noisy = builder.fcmp_unordered("!=", args[2], ir.Constant(_F, 0.0))  # as Python's s != 0
+            sv = _spread(builder, args[2], vec)
+            align = ir.Constant(_I32, 4)
+            vecs = []
+            for r in range(w):
+                row = builder.add(i, ir.Constant(i64, r))
+                inside = builder.icmp_signed("<", row, m)
+                row = builder.select(inside, row, builder.sub(m, ir.Constant(i64, 1)))
+                va = _masked(builder, mload, vec, [at(src, aty, row, j), align, in_cols, zero])
+                vz = _masked(builder, mload, vec, [at(noise, zty, row, j), align, in_cols, zero])
+                v = builder.select(noisy, builder.fadd(va, builder.fmul(vz, sv)), va)
+                vecs.append(builder.select(inside, v, zero))
+            d = w // 2
+            while d:
+                new = list(vecs)
+                for r in range(w):
+                    if r & d:
+                        continue
+                    lo = [c if not c & d else w + c - d for c in range(w)]
+                    hi = [c + d if not c & d else w + c for c in range(w)]
+                    for q, order in ((r, lo), (r + d, hi)):
+                        idx = ir.Constant(ir.VectorType(_I32, w), order)
+                        new[q] = builder.shuffle_vector(vecs[r], vecs[r + d], idx)
+                vecs = new
+                d //= 2
+            room = builder.icmp_signed("<=", builder.add(i, ir.Constant(i64, w)), width)
+            with builder.if_else(room) as (whole, masked):
+                with whole:
+                    for c in range(w):
+                        col = builder.add(j, ir.Constant(i64, c))
+                        with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, c), cols)):
+                            builder.store(vecs[c], at(dst, oty, col, i), align=4)
+                with masked:
+                    for c in range(w):
+                        inside = builder.icmp_signed("<", ir.Constant(i64, c), cols)
+                        col = builder.select(inside, builder.add(j, ir.Constant(i64, c)), j)  # a row of out
+                        keep = builder.select(inside, in_rows, ir.Constant(mask_ty, [0] * w))
+                        _masked(builder, mstore, ir.VoidType(), [vecs[c], at(dst, oty, col, i), align, keep])
+            return context.get_dummy_value()
+
+        return types.none(a, z, types.float32, out, types.intp, types.intp), codegen
+
+    transpose.__name__ = transpose.__qualname__ = f"transpose{w}"
+    return intrinsic(transpose)
+
+
+transpose16, transpose8 = _transpose_tile(16), _transpose_tile(8)
+
+
+# --- float64 sums of squares: 16 float64 lanes a norm's running sums keep in registers (optim._add_squares)
+
+_VEC64 = ir.VectorType(ir.DoubleType(), LANES)
+
+
+class F64x16(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="f64x16")
+
+
+f64x16 = F64x16()
+
+
+@register_model(F64x16)
+class _F64x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):  # numba's data-model signature
+        super().__init__(dmm, fe_type, _VEC64)
+
+
+def _address64(context, builder, aty, arr, i):
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [i]), _VEC64.as_pointer())
+
+
 @intrinsic
-def transpose16(typingctx, a, z, s, out, i, j):
-    """out[j + c, i + r] = a[i + r, j + c] + z[i + r, j + c] * s (a alone where s == 0) for the r, c < 16
-    inside a (m, n): one 16 x 16 tile, its rows loaded as vectors and transposed in registers by four
-    rounds of two-row shuffles (each swaps the off-diagonal blocks of one size: 8, 4, 2, 1). z has a's
-    shape; it is read but not used where s == 0. Rows past m are read from row m - 1, and their lanes are
-    never stored."""
+def load64(typingctx, a, i):
+    """a[i : i + 16] of a float64 array as a vector."""
 
     def codegen(context, builder, sig, args):
-        aty, zty, _, oty = sig.args[:4]
-        src = context.make_array(aty)(context, builder, args[0])
-        noise = context.make_array(zty)(context, builder, args[1])
-        dst = context.make_array(oty)(context, builder, args[3])
-        i, j = args[4], args[5]
-        m, n = cgutils.unpack_tuple(builder, src.shape, 2)
-        i64 = ir.IntType(64)
-        sixteen = ir.Constant(i64, LANES)
+        return builder.load(_address64(context, builder, sig.args[0], *args), align=8)
 
-        def at_most_16(x):
-            return builder.select(builder.icmp_signed("<", x, sixteen), x, sixteen)
+    return f64x16(a, types.intp), codegen
 
-        rows, cols = builder.sub(m, i), builder.sub(n, j)  # left in a from (i, j)
-        in_cols = _first(builder, at_most_16(cols))
-        zero = ir.Constant(_VEC, [0.0] * LANES)
-        noisy = builder.fcmp_unordered("!=", args[2], ir.Constant(_F, 0.0))  # as Python's s != 0
-        s16 = _spread(builder, args[2], _VEC)
-        align = ir.Constant(_I32, 4)
-        vecs = []
-        for r in range(LANES):
-            row = builder.add(i, ir.Constant(i64, r))
-            row = builder.select(builder.icmp_signed("<", row, m), row, builder.sub(m, ir.Constant(i64, 1)))
-            va = _masked(
-                builder, _MLOAD, _VEC, [_row(context, builder, src, aty, row, j), align, in_cols, zero]
-            )
-            vz = _masked(
-                builder, _MLOAD, _VEC, [_row(context, builder, noise, zty, row, j), align, in_cols, zero]
-            )
-            vecs.append(builder.select(noisy, builder.fadd(va, builder.fmul(vz, s16)), va))
-        for d in (8, 4, 2, 1):
-            new = list(vecs)
-            for r in range(LANES):
-                if r & d:
-                    continue
-                lo = [c if not c & d else LANES + c - d for c in range(LANES)]
-                hi = [c + d if not c & d else LANES + c for c in range(LANES)]
-                for q, mask in ((r, lo), (r + d, hi)):
-                    idx = ir.Constant(ir.VectorType(_I32, LANES), mask)
-                    new[q] = builder.shuffle_vector(vecs[r], vecs[r + d], idx)
-            vecs = new
-        in_rows = _first(builder, at_most_16(rows))
-        for c in range(LANES):
-            inside = builder.icmp_signed("<", ir.Constant(i64, c), cols)
-            col = builder.select(inside, builder.add(j, ir.Constant(i64, c)), j)  # a row of out either way
-            mask = builder.select(inside, in_rows, ir.Constant(_MASK, [0] * LANES))
-            _masked(
-                builder,
-                _MSTORE,
-                ir.VoidType(),
-                [vecs[c], _row(context, builder, dst, oty, col, i), align, mask],
-            )
+
+@intrinsic
+def store64(typingctx, a, i, x):
+    """a[i : i + 16] = x (a float64 array)."""
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _address64(context, builder, sig.args[0], args[0], args[1]), align=8)
         return context.get_dummy_value()
 
-    return types.none(a, z, types.float32, out, types.intp, types.intp), codegen
+    return types.none(a, types.intp, f64x16), codegen
+
+
+@intrinsic
+def add_squares(typingctx, acc, x, i):
+    """acc + float64(x[i : i + 16]) ** 2 lane by lane (x float32): each square rounded, then the sum."""
+
+    def codegen(context, builder, sig, args):
+        x = builder.load(_address(context, builder, sig.args[1], args[1], args[2]), align=4)
+        v = builder.fpext(x, _VEC64)
+        return builder.fadd(args[0], builder.fmul(v, v))
+
+    return f64x16(f64x16, x, types.intp), codegen
 
 
 # --- arithmetic: the operators on vectors (a float32 scalar on either side goes to every lane), so the
