@@ -107,8 +107,47 @@ def test_compiled_update_equals_the_autograd_path(
                 b.skipped,
                 b.status,
             )
-            assert torch.equal(a.gens["noise"].get_state(), b.gens["noise"].get_state())
+        if u in (2, 5):  # the noise drawn ahead put back (as before a checkpoint): the streams agree
+            fast.fast.settle()
+            for a, b in zip(fast.runs, slow.runs, strict=True):
+                assert torch.equal(a.gens["noise"].get_state(), b.gens["noise"].get_state())
     assert fast.runs[0].updates == 6
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_noise_drawn_ahead_is_the_noise_each_update_would_draw(threads: int):
+    """With the next update's noise drawn during this one, every update still gets the noise it would draw
+    itself, also after a model stops or its std changes (the generators put back and drawn again), and
+    `settle` leaves the generators where updates without drawing ahead leave them."""
+    # updates long enough to draw ahead after (fastpath.AHEAD_STEPS), and one too short
+    rolls = [torch.rand(n, 88, generator=torch.Generator().manual_seed(n)) for n in (40, 4, 70)]
+    seqs = [(r < 0.1).float() for r in rolls]
+    calls = [([0.075, 0.02], [True, True])] * 3 + [([0.075, 0.0], [True, True])] * 2
+    calls += [([0.075, 0.02], [True, False]), ([0.075, 0.02], [True, True]), ([0.0, 0.0], [True, True])]
+    calls += [([0.05, 0.02], [True, True])] * 2
+    runs = []
+    for ahead in (False, True):
+        model = build_model("gru", hidden=5, k=2)
+        model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
+        params = list(model.parameters())
+        opt = StackedRMSProp(params, [0.9] * 2, [0.95] * 2, [0.0] * 2, "update", [1.0] * 2, floor=[0.01] * 2)
+        noisy = model.recurrent_weights() + model.layer_weights()
+        upd = FastUpdate(model, opt, noisy, [False, False], 1e18, threads=threads, draw_ahead=ahead)
+        assert (upd._drawer is not None) is ahead
+        gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+        weights, drawn_ahead = [], 0
+        for i, (std, active) in enumerate(calls):
+            upd([[seqs[i % 3]], [seqs[i % 3]]], [1e-2, 1e-2], active, std, gens)
+            drawn_ahead += upd._ahead is not None
+            weights.append([p.detach().clone() for p in model.parameters()])
+        assert 0 < drawn_ahead < len(calls) if ahead else drawn_ahead == 0
+        upd.settle()
+        runs.append((weights, [g.get_state() for g in gens]))
+    (plain, plain_states), (ahead, ahead_states) = runs
+    for u, (a, b) in enumerate(zip(plain, ahead, strict=True)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), f"update {u}: weights differ"
+    assert all(torch.equal(a, b) for a, b in zip(plain_states, ahead_states, strict=True))
+    assert all(p.isfinite().all() for p in plain[-1]) and not torch.equal(plain[0][1], plain[-1][1])
 
 
 def test_non_finite_loss_and_gradient_are_reported_and_not_stepped():

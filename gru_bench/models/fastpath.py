@@ -9,13 +9,18 @@ autograd path (tests/test_fastpath.py checks weights, optimizer state and losses
 The buffers live in three flat arenas (float32: weight-sized; float32 and float64: batch-sized) carved into
 views inside the driver: numba unboxes each array argument for ~0.4 us, and an update needs ~40 of them.
 Weight noise is still drawn by torch from each model's generator (into a preallocated buffer, the same
-values) and added inside the call, to copies: the clean weights are never touched before the step.
+values) and added inside the call, to copies: the clean weights are never touched before the step. Those
+draws cost about as much as a 40-step update of the paper's GRU (torch's generator makes ~3.6 ns a number;
+18.5K numbers), so with a core to spare a second thread draws the next update's noise while this update
+runs, into a second buffer (`_draw_ahead`); a next update that wants other noise (a model stopped, another
+std) puts the generators back and draws its own, so every update gets the values it would have drawn.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,13 +35,20 @@ _jit = kn._jit
 # views of the weight-sized arena: kernel-layout weights the forward runs with, noise, kernel-layout
 # gradients, and the fused model's gradients in torch.nn's layout
 FIXED = ("Wk", "Uk", "bk", "bhn", "pk", "noise_u", "noise_w", "dW", "db", "dU", "dV", "dc")
-FIXED += ("dpeep", "dbhn", "gw_ih", "gw_hh", "gb_hh")
+FIXED += ("dpeep", "dbhn", "gw_ih", "gw_hh", "gb_hh", "noise_u2", "noise_w2")  # *2: noise drawn ahead
 # views of the batch-sized arena; s0..s3: what the recurrence keeps for its backward (see kernels._buffers)
 SEQ = ("x", "xp", "hs", "s0", "s1", "s2", "s3", "logits", "dlog", "dhs", "dxp")
 (WK, UK, BK, BHN, PK, NOISE_U, NOISE_W, DW, DB, DU, DV, DC, DPEEP, DBHN, GW_IH, GW_HH, GB_HH) = range(
-    len(FIXED)
+    len(FIXED) - 2
 )
+NOISE_U2, NOISE_W2 = len(FIXED) - 2, len(FIXED) - 1
 X, XP, HS, S0, S1, S2, S3, LOGITS, DLOG, DHS, DXP = range(len(FIXED), len(FIXED) + len(SEQ))
+
+
+# draw the next update's noise ahead only after an update of at least this many steps: shorter updates end
+# before the draw, and waiting for the other thread then costs more than the draw (GRU 46, AMD EPYC: 1.3x
+# the time at 1 step, 0.83x at 64)
+AHEAD_STEPS = 32
 
 
 def _shapes(kind: str, fused: bool, k: int, b: int, t: int, n_in: int, h: int) -> dict[str, tuple[int, ...]]:
@@ -62,6 +74,8 @@ def _shapes(kind: str, fused: bool, k: int, b: int, t: int, n_in: int, h: int) -
         "gw_ih": (k, gh, n_in) if fused else none,
         "gw_hh": (k, gh, h) if fused else none,
         "gb_hh": (k, gh) if kind == "gru_cudnn" else none,
+        "noise_u2": (k, h * gh),
+        "noise_w2": (k, n_in * gh),
         "x": (k, b, t, n_in),
         "xp": (k, b, t, gh),
         "hs": (k, b, t, h),
@@ -279,11 +293,15 @@ class FastUpdate:
         per_frame: Sequence[bool],
         max_grad_norm: float,
         threads: int = 1,
+        draw_ahead: bool | None = None,
     ):
         """noisy: the weights that get weight noise (recurrent first, then input: `Trainer.noisy`);
         per_frame: per model, training.loss == "mean"; max_grad_norm: a larger gradient norm skips a step;
         threads > 1: the models of the stack are split into that many contiguous groups updated at once (the
-        driver releases the GIL; every model's arithmetic is its own, so the numbers do not change)."""
+        driver releases the GIL; every model's arithmetic is its own, so the numbers do not change);
+        draw_ahead: draw each update's weight noise during the update before (see the module docstring;
+        None: where threads == 1 and this process may use more than one CPU). Call `settle` before the
+        noise generators are read or drawn from elsewhere."""
         if not self.possible(model, opt):
             raise ValueError("the compiled update needs numba, CPU float32 parameters and a numba optimizer")
         self.model, self.opt, self.k, self.max_norm = model, opt, model.k, float(max_grad_norm)
@@ -301,11 +319,12 @@ class FastUpdate:
         self.lay_fixed, size = _layout(FIXED, _shapes(self.kind, self.fused, self.k, 0, 0, n_in, h))
         self.fixed = np.zeros(size, np.float32)
         self._torch_fixed = torch.from_numpy(self.fixed)
-        # noise buffers per noisy weight, shaped like it: torch.randn draws into them; per noisy weight
-        # (recurrent, then input) and model, the row drawn into and its shape
-        self.noise = [self._view(NOISE_U).view(recurrent.shape), self._view(NOISE_W).view(layer.shape)]
-        noisy_bufs = self.noise[: 1 + self.noise_w]
-        self._noise_rows = [[(buf[i], buf.shape[1:]) for i in range(self.k)] for buf in noisy_bufs]
+        # two sets of noise buffers (the driver reads one while the next update's noise goes into the other):
+        # per set, noisy weight (recurrent, then input) and model, the row torch.randn draws into, its shape
+        self._noise_sets = []
+        for u, w in ((NOISE_U, NOISE_W), (NOISE_U2, NOISE_W2)):
+            bufs = [self._view(u).view(recurrent.shape), self._view(w).view(layer.shape)][: 1 + self.noise_w]
+            self._noise_sets.append([[(buf[i], buf.shape[1:]) for i in range(self.k)] for buf in bufs])
         self.hyper = np.zeros((9, self.k), np.float32)
         self.hyper[1:7] = [opt._np_mu, opt._np_rho, opt._np_omr, opt._np_eps, opt._np_floor, opt._np_limit]
         self.flags = np.zeros((5, self.k), np.bool_)
@@ -318,6 +337,12 @@ class FastUpdate:
         groups = np.array_split(np.arange(self.k), max(1, min(threads, self.k)))
         self.groups = [(int(g[0]), int(g[-1]) + 1) for g in groups]
         self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
+        if draw_ahead is None:  # with a core to spare that the stack's own threads do not take
+            draw_ahead = self.pool is None and len(os.sched_getaffinity(0)) > 1
+        self._drawer = ThreadPoolExecutor(1) if draw_ahead else None
+        # the noise drawn ahead: (its future, its set, (std, generators) it was drawn for, the generators'
+        # states before it), or None
+        self._ahead: tuple[Future, int, tuple, list] | None = None
         self._weights()
         self._grow(1, 2)
         self._attach_grads()
@@ -337,15 +362,19 @@ class FastUpdate:
         self._bind()
 
     def _bind(self) -> None:
-        """The driver's arguments but the model range, with blas False and True (built again when a buffer
-        or a view changes)."""
+        """The driver's arguments but the model range, [blas][noise set] (built again when a buffer or a view
+        changes). Noise set 1 is the same layout with the rows of the two sets' noise views swapped."""
         opt = self.opt
         if not hasattr(self, "seq"):
             return
-        args = (kn.KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
-        args += (self.max_norm, self.fixed, self.seq, self.lay, self.f64, self.steps, self.flags)
-        args += (self.hyper, self.w, opt._np_n, opt._np_v)
-        self._args = ((*args, False), (*args, True))
+        swapped = self.lay.copy()
+        swapped[[NOISE_U, NOISE_W, NOISE_U2, NOISE_W2]] = self.lay[[NOISE_U2, NOISE_W2, NOISE_U, NOISE_W]]
+        head = (kn.KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
+        head += (self.max_norm, self.fixed, self.seq)
+        tail = (self.f64, self.steps, self.flags, self.hyper, self.w, opt._np_n, opt._np_v)
+        self._args = tuple(
+            tuple((*head, lay, *tail, blas) for lay in (self.lay, swapped)) for blas in (False, True)
+        )
 
     def _grow(self, b: int, t: int) -> None:
         """(Re)allocate the batch-sized arena for b sequences of up to t frames (t rounded up to 64)."""
@@ -402,15 +431,13 @@ class FastUpdate:
             self.hyper[7] = std
             self.hyper[8] = std if self.noise_w else 0.0
             self._last[2] = std
-        if any(std):  # as training._add_noise draws it: U for every model, then W
-            for rows in self._noise_rows:
-                for i, (out, shape) in enumerate(rows):
-                    if std[i]:
-                        torch.randn(shape, generator=generators[i], out=out)
+        noise = self._noise(std, generators)  # the set of buffers that holds this update's noise
         blas = self._blas.get(b)
         if blas is None:
             blas = self._blas[b] = kn.use_blas(b, self.model.hidden)
-        args = self._args[blas]
+        args = self._args[blas][noise]
+        if self._drawer is not None and any(std) and self._longest >= AHEAD_STEPS:
+            self._draw_ahead(1 - noise, std, generators)
         if self.pool is None:
             _update(*args, 0, self.k)
         else:
@@ -422,12 +449,51 @@ class FastUpdate:
         loss_ok, grad_ok = self._ok.tolist()
         return loss_ok, grad_ok, self._gnorm.tolist()
 
+    def _fill(self, which: int, std: list[float], generators: Sequence[torch.Generator]) -> None:
+        """Draw one update's noise into noise set `which` as training._add_noise draws it: U for every
+        model with noise, then W."""
+        for rows in self._noise_sets[which]:
+            for i, (out, shape) in enumerate(rows):
+                if std[i]:
+                    torch.randn(shape, generator=generators[i], out=out)
+
+    def _noise(self, std: list[float], generators: Sequence[torch.Generator]) -> int:
+        """The noise set holding this update's noise: the one drawn ahead if it was drawn for this std and
+        these generators, else (the generators put back first) set 0, drawn now."""
+        want = (std, list(generators))
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            future, which, drawn_for, states = ahead
+            future.result()
+            if drawn_for[0] == std and all(a is b for a, b in zip(drawn_for[1], want[1], strict=True)):
+                return which
+            for g, state in states:
+                g.set_state(state)
+        if any(std):
+            self._fill(0, std, generators)
+        return 0
+
+    def _draw_ahead(self, which: int, std: list[float], generators: Sequence[torch.Generator]) -> None:
+        """Start drawing the next update's noise (for the same std) into noise set `which`, on the second
+        thread, remembering where the generators were."""
+        states = [(g, g.get_state()) for g, s in zip(generators, std, strict=False) if s]
+        future = self._drawer.submit(self._fill, which, std, generators)
+        self._ahead = (future, which, (std, list(generators)), states)
+
+    def settle(self) -> None:
+        """Drop the noise drawn ahead and put its generators back where the updates so far left them."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[0].result()
+            for g, state in ahead[3]:
+                g.set_state(state)
+
     def _load(self, batch: Sequence[Sequence[Tensor] | None]) -> int:
         """Copy the batch into x and steps (the buffers grown first where it does not fit); its size B."""
         x, steps = self.x, self.steps
         cap_b, cap_t = self._cap
         steps.fill(0)
-        b = 0
+        b = self._longest = 0
         for k, ss in enumerate(batch):
             if not ss:
                 continue
@@ -440,6 +506,7 @@ class FastUpdate:
                     return self._regrow(batch)
                 x[k, i, :n] = s.numpy()
                 steps[k, i] = n - 1
+                self._longest = max(self._longest, n - 1)
         return b
 
     def _regrow(self, batch: Sequence[Sequence[Tensor] | None]) -> int:

@@ -560,6 +560,8 @@ class Trainer:
         end, from best.pt. This saves ~40% of an epoch and changes no selected model.
         """
         runs, i_run = self.runs, range(self.k)
+        if self.fast is not None:  # the noise generators back where this epoch's updates left them
+            self.fast.settle()
         on = [r.active for r in runs]
         valid = self._nll("valid", on)
         new_best = [on[i] and valid.get(runs[i].cfg.training.select)[i] < runs[i].best_valid for i in i_run]
