@@ -299,7 +299,8 @@ def test_tiled_transposes_are_exact_and_stay_inside_the_output(tile):
     zeros in the columns the last tile spans, where out has room for them (a padded transpose)."""
     rng = np.random.default_rng(5)
     transpose = _tiled_transpose(tile)
-    for m, n in [(1, 1), (3, 5), (16, 16), (17, 33), (46, 138), (88, 46)]:
+    # (300, 20): kernels._WIDE rows or more, where the kernel takes 16 x 16 tiles on any CPU
+    for m, n in [(1, 1), (3, 5), (16, 16), (17, 33), (46, 138), (88, 46), (300, 20)]:
         a = rng.normal(size=(m, n + 2)).astype(np.float32)[:, 1 : n + 1]  # rows inside wider ones
         z = rng.normal(size=(m, n)).astype(np.float32)
         z[0, 0] = np.inf  # inf * 0 would be NaN: s == 0 must not use z

@@ -16,7 +16,7 @@ import torch
 from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
 from gru_bench.data import PianoRolls
 from gru_bench.errors import UserError
-from gru_bench.models import StackedModel, build_model, masked_nll
+from gru_bench.models import StackedModel, build_model, fastpath, masked_nll
 from gru_bench.models.optim import StackedRMSProp, per_model_norm
 from gru_bench.training import rundir, trainer
 from gru_bench.training.trainer import evaluate, lr_at, split_nll, train, train_lockstep
@@ -404,6 +404,10 @@ def test_training_learns(tmp_path: Path, tiny_jsb: Path):
 
 
 def test_resume_continues_exactly(tmp_path: Path, tiny_jsb: Path, monkeypatch: pytest.MonkeyPatch):
+    """Also with the weight noise drawn ahead (where the compiled update runs; its short sequences made long
+    enough for it): a checkpoint holds the noise generators where the updates left them."""
+    monkeypatch.setattr(fastpath, "AHEAD_STEPS", 1)
+    monkeypatch.setattr(fastpath, "_cpus", lambda: 2)
     cfg = _cfg(tmp_path, "training.batch_size=3")
     train(cfg, tmp_path / "whole", quiet=True)
 

@@ -51,6 +51,14 @@ X, XP, HS, S0, S1, S2, S3, LOGITS, DLOG, DHS, DXP = range(len(FIXED), len(FIXED)
 AHEAD_STEPS = 32
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _shapes(kind: str, fused: bool, k: int, b: int, t: int, n_in: int, h: int) -> dict[str, tuple[int, ...]]:
     """Every view's shape ((0,) where a kind or layout does not use it)."""
     gh = GATES["gru" if kind == "gru_cudnn" else kind] * h
@@ -338,7 +346,7 @@ class FastUpdate:
         self.groups = [(int(g[0]), int(g[-1]) + 1) for g in groups]
         self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
         if draw_ahead is None:  # with a core to spare that the stack's own threads do not take
-            draw_ahead = self.pool is None and len(os.sched_getaffinity(0)) > 1
+            draw_ahead = self.pool is None and _cpus() > 1
         self._drawer = ThreadPoolExecutor(1) if draw_ahead else None
         # the noise drawn ahead: (its future, its set, (std, generators) it was drawn for, the generators'
         # states before it), or None

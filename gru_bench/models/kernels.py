@@ -223,10 +223,11 @@ def _piece_size() -> int:
 
 
 _PIECE = _piece_size()  # two rows at once: _PIECE // 2 each
-# the transposes' tiles: 16 x 16 with AVX-512, 8 x 8 on AVX2, where a 16-float vector takes two of its 16
-# registers and a 16 x 16 tile spills (8 x 8: 0.85x the time of a padded 46 x 138 transpose on an AMD EPYC)
+# the transposes' small tiles: 16 x 16 with AVX-512, 8 x 8 on AVX2, where a 16-float vector takes two of its
+# 16 registers and a 16 x 16 tile spills (8 x 8: 0.85x the time of a padded 46 x 138 transpose on an AMD
+# EPYC); see _transpose_sum
 _TILE = LANES if _PIECE == 6 else 8
-_transpose_tile = simd.transpose16 if _TILE == LANES else simd.transpose8
+_WIDE = 256  # from this many rows of a, 16 x 16 tiles everywhere
 
 
 @_jit
@@ -406,14 +407,21 @@ def _transposed(M, width):
 
 @_raw
 def _transpose_sum(a, z, s, out):
-    """out[: n, : m] = (a + z * s).T for a (m, n), a.T itself where s == 0, one _TILE x _TILE tile at a time
-    transposed in registers (simd.transpose16: ~6x faster than a loop that writes every element a row
-    apart on the AVX-512 Xeon; each element is the same a + z * s). Where out is wider than m, its columns
-    from m to the end of the last tile may be zeroed."""
+    """out[: n, : m] = (a + z * s).T for a (m, n), a.T itself where s == 0, one tile at a time transposed in
+    registers (simd.transpose16: ~6x faster than a loop that writes every element a row apart on the
+    AVX-512 Xeon; each element is the same a + z * s). Where out is wider than m, its columns from m to the
+    end of the last tile may be zeroed. Tiles of _TILE, but 16 x 16 from _WIDE rows on: an 8 x 8 tile writes
+    half of a 64-byte line of each output row, and where those rows are long the line has left the cache
+    before its other half comes (AMD EPYC, 512 x 1536: 1.7x the time of 16 x 16; 46 x 138: 0.75x)."""
     m, n = a.shape
-    for i in range(0, m, _TILE):
-        for j in range(0, n, _TILE):
-            _transpose_tile(a, z, s, out, i, j)
+    if _TILE == LANES or m >= _WIDE:
+        for i in range(0, m, LANES):
+            for j in range(0, n, LANES):
+                simd.transpose16(a, z, s, out, i, j)
+    else:
+        for i in range(0, m, 8):
+            for j in range(0, n, 8):
+                simd.transpose8(a, z, s, out, i, j)
 
 
 @_raw

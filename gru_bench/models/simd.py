@@ -35,24 +35,30 @@ _MASK = ir.VectorType(ir.IntType(1), LANES)
 _MLOAD, _MSTORE = "llvm.masked.load.v16f32.p0", "llvm.masked.store.v16f32.p0"
 
 
-class F32x16(types.Type):
+def _vector_type(cls_name: str, name: str, llvm: ir.VectorType) -> type:
+    """A numba type (class `cls_name`, type name `name`) whose values are the LLVM vector `llvm`, and its
+    data model."""
+
     def __init__(self) -> None:
-        super().__init__(name="f32x16")
+        types.Type.__init__(self, name=name)
+
+    cls = type(cls_name, (types.Type,), {"__init__": __init__, "__module__": __name__})
+
+    def model_init(self, dmm, fe_type):  # numba's data-model signature
+        models.PrimitiveModel.__init__(self, dmm, fe_type, llvm)
+
+    register_model(cls)(type(f"_{cls_name}Model", (models.PrimitiveModel,), {"__init__": model_init}))
+    return cls
 
 
+F32x16 = _vector_type("F32x16", "f32x16", _VEC)
 f32x16 = F32x16()
 
 
-@register_model(F32x16)
-class _F32x16Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):  # numba's data-model signature
-        super().__init__(dmm, fe_type, _VEC)
-
-
-def _address(context, builder, aty, arr, i):
-    """Pointer to a[i] of the array `arr` (type aty) as a pointer to a vector."""
+def _address(context, builder, aty, arr, i, vec=_VEC):
+    """Pointer to a[i] of the array `arr` (type aty) as a pointer to a vector of type vec."""
     data = context.make_array(aty)(context, builder, arr).data
-    return builder.bitcast(builder.gep(data, [i]), _VEC.as_pointer())
+    return builder.bitcast(builder.gep(data, [i]), vec.as_pointer())
 
 
 def _spread(builder, v, vty):
@@ -242,23 +248,8 @@ transpose16, transpose8 = _transpose_tile(16), _transpose_tile(8)
 _VEC64 = ir.VectorType(ir.DoubleType(), LANES)
 
 
-class F64x16(types.Type):
-    def __init__(self) -> None:
-        super().__init__(name="f64x16")
-
-
+F64x16 = _vector_type("F64x16", "f64x16", _VEC64)
 f64x16 = F64x16()
-
-
-@register_model(F64x16)
-class _F64x16Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):  # numba's data-model signature
-        super().__init__(dmm, fe_type, _VEC64)
-
-
-def _address64(context, builder, aty, arr, i):
-    data = context.make_array(aty)(context, builder, arr).data
-    return builder.bitcast(builder.gep(data, [i]), _VEC64.as_pointer())
 
 
 @intrinsic
@@ -266,7 +257,7 @@ def load64(typingctx, a, i):
     """a[i : i + 16] of a float64 array as a vector."""
 
     def codegen(context, builder, sig, args):
-        return builder.load(_address64(context, builder, sig.args[0], *args), align=8)
+        return builder.load(_address(context, builder, sig.args[0], *args, _VEC64), align=8)
 
     return f64x16(a, types.intp), codegen
 
@@ -276,7 +267,7 @@ def store64(typingctx, a, i, x):
     """a[i : i + 16] = x (a float64 array)."""
 
     def codegen(context, builder, sig, args):
-        builder.store(args[2], _address64(context, builder, sig.args[0], args[0], args[1]), align=8)
+        builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1], _VEC64), align=8)
         return context.get_dummy_value()
 
     return types.none(a, types.intp, f64x16), codegen
@@ -300,18 +291,8 @@ def add_squares(typingctx, acc, x, i):
 # same IEEE result in every lane.
 
 
-class Mask16(types.Type):
-    def __init__(self) -> None:
-        super().__init__(name="mask16")
-
-
+Mask16 = _vector_type("Mask16", "mask16", _MASK)
 mask16 = Mask16()
-
-
-@register_model(Mask16)
-class _Mask16Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):  # numba's data-model signature
-        super().__init__(dmm, fe_type, _MASK)
 
 
 def _operands(x, y) -> bool:
