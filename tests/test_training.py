@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru_bench.config import CONFIGS_DIR, NOT_HASHED, load_config
+from gru_bench.config import CONFIGS_DIR, CPUS_VAR, NOT_HASHED, load_config
 from gru_bench.data import PianoRolls
 from gru_bench.errors import UserError
 from gru_bench.models import StackedModel, build_model, fastpath, masked_nll
@@ -407,7 +407,7 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_jsb: Path, monkeypatch: p
     """Also with the weight noise drawn ahead (where the compiled update runs; its short sequences made long
     enough for it): a checkpoint holds the noise generators where the updates left them."""
     monkeypatch.setattr(fastpath, "AHEAD_STEPS", 1)
-    monkeypatch.setattr(fastpath, "_cpus", lambda: 2)
+    monkeypatch.setenv(CPUS_VAR, "2")
     cfg = _cfg(tmp_path, "training.batch_size=3")
     train(cfg, tmp_path / "whole", quiet=True)
 

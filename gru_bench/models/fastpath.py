@@ -18,7 +18,6 @@ std) puts the generators back and draws its own, so every update gets the values
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gru_bench.config import available_cpus
 from gru_bench.models import kernels as kn
 from gru_bench.models.cells import GATES
 from gru_bench.models.optim import LANES, StackedRMSProp, _grad_norms, _mark_modified, _rmsprop
@@ -49,14 +49,6 @@ X, XP, HS, S0, S1, S2, S3, LOGITS, DLOG, DHS, DXP = range(len(FIXED), len(FIXED)
 # before the draw, and waiting for the other thread then costs more than the draw (GRU 46, AMD EPYC: 1.3x
 # the time at 1 step, 0.83x at 64)
 AHEAD_STEPS = 32
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _shapes(kind: str, fused: bool, k: int, b: int, t: int, n_in: int, h: int) -> dict[str, tuple[int, ...]]:
@@ -308,8 +300,8 @@ class FastUpdate:
         threads > 1: the models of the stack are split into that many contiguous groups updated at once (the
         driver releases the GIL; every model's arithmetic is its own, so the numbers do not change);
         draw_ahead: draw each update's weight noise during the update before (see the module docstring;
-        None: where threads == 1 and this process may use more than one CPU). Call `settle` before the
-        noise generators are read or drawn from elsewhere."""
+        None: where threads == 1 and this process may use more than one CPU, config.available_cpus).
+        Call `settle` before the noise generators are read or drawn from elsewhere."""
         if not self.possible(model, opt):
             raise ValueError("the compiled update needs numba, CPU float32 parameters and a numba optimizer")
         self.model, self.opt, self.k, self.max_norm = model, opt, model.k, float(max_grad_norm)
@@ -346,7 +338,7 @@ class FastUpdate:
         self.groups = [(int(g[0]), int(g[-1]) + 1) for g in groups]
         self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
         if draw_ahead is None:  # with a core to spare that the stack's own threads do not take
-            draw_ahead = self.pool is None and _cpus() > 1
+            draw_ahead = self.pool is None and available_cpus() > 1
         self._drawer = ThreadPoolExecutor(1) if draw_ahead else None
         # the noise drawn ahead: (its future, its set, (std, generators) it was drawn for, the generators'
         # states before it), or None
