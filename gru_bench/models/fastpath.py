@@ -18,6 +18,7 @@ std) puts the generators back and draws its own, so every update gets the values
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -460,12 +461,12 @@ class FastUpdate:
     def _noise(self, std: list[float], generators: Sequence[torch.Generator]) -> int:
         """The noise set holding this update's noise: the one drawn ahead if it was drawn for this std and
         these generators, else (the generators put back first) set 0, drawn now."""
-        want = (std, list(generators))
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            future, which, drawn_for, states = ahead
+            future, which, (drawn_std, drawn_gens), states = ahead
             future.result()
-            if drawn_for[0] == std and all(a is b for a, b in zip(drawn_for[1], want[1], strict=True)):
+            same_gens = len(drawn_gens) == len(generators) and all(map(operator.is_, drawn_gens, generators))
+            if drawn_std == std and same_gens:
                 return which
             for g, state in states:
                 g.set_state(state)
@@ -478,7 +479,7 @@ class FastUpdate:
         thread, remembering where the generators were."""
         states = [(g, g.get_state()) for g, s in zip(generators, std, strict=False) if s]
         future = self._drawer.submit(self._fill, which, std, generators)
-        self._ahead = (future, which, (std, list(generators)), states)
+        self._ahead = (future, which, (std, tuple(generators)), states)
 
     def settle(self) -> None:
         """Drop the noise drawn ahead and put its generators back where the updates so far left them."""

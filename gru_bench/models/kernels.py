@@ -385,7 +385,7 @@ def _aligned_empty(rows, width):
 def _padded(M, c0, c1, width):
     """Columns c0:c1 of the C-ordered matrix M with zero columns appended up to `width` (a copy): _block
     reads its rows a whole vector wide. Row by row over unit-stride slices: numba's 2-D slice assignment
-    into a zero matrix took twice as long (copying 46 x 92 floats: 1.1 against 2.3 us)."""
+    into a zero matrix took over twice as long (46 x 92 floats: 4.1 against 1.8 us a call from Python)."""
     out = _aligned_empty(M.shape[0], width)
     for i in range(M.shape[0]):
         r, o = M[i, c0:c1], out[i]

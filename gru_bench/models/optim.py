@@ -56,16 +56,16 @@ except ImportError:  # pragma: no cover - the pure-torch path takes over
 LANES = 64  # interleaved float64 running sums per norm (fixed: it sets the summation order)
 
 # error_model="numpy": x / 0 is IEEE inf/NaN, as in torch, instead of a ZeroDivisionError check per element;
-# _nrt=False: no reference counting of the slices the passes take (an atomic increment and decrement each;
-# 0.95x the time of the RMSProp step of GRU 46), so they may not allocate
-_jit = (
+# _nrt=False (as kernels._raw): no reference counting of the slices the passes take (an atomic increment
+# and decrement each; 0.95x the time of the RMSProp step of GRU 46), so they may not allocate
+_raw = (
     (lambda f: f)
     if njit is None
     else njit(_nrt=False, cache=True, fastmath=False, nogil=True, error_model="numpy")
 )
 
 
-@_jit
+@_raw
 def _add_squares(x, acc):
     """acc[l] += x[j]^2 in float64 for j = l (mod len(acc)), j ascending (x: a unit-stride float32 row).
     len(acc) is a multiple of 32: 32 lanes at a time run over all blocks of len(acc) elements in two
@@ -85,7 +85,7 @@ def _add_squares(x, acc):
         acc[j] += np.float64(t[j]) * np.float64(t[j])
 
 
-@_jit
+@_raw
 def _lane_norm(acc):
     """sqrt of the lanes' sum, added up in order."""
     total = 0.0
@@ -94,7 +94,7 @@ def _lane_norm(acc):
     return np.sqrt(total)
 
 
-@_jit
+@_raw
 def _grad_norms(grads, acc, out):
     """out[k] = float64 norm of model k's gradient over all tensors (each (K, m_i), in order)."""
     for k in range(out.shape[0]):
@@ -104,7 +104,7 @@ def _grad_norms(grads, acc, out):
         out[k] = _lane_norm(acc)
 
 
-@_jit
+@_raw
 def _moments_squares(g, n, v, gs, rho, omr, lr, eps, floor, mu, acc):
     """`_moments_apply`'s n and v without the step, and acc += v^2 exactly as `_add_squares(v, acc)` adds
     them: in blocks of 16 x len(acc) elements, each squared while in the L1 cache (apart from the first
@@ -116,7 +116,7 @@ def _moments_squares(g, n, v, gs, rho, omr, lr, eps, floor, mu, acc):
         _add_squares(v[o:e], acc)
 
 
-@_jit
+@_raw
 def _moments(g, n, v, gs, rho, omr, lr, eps, floor, mu):
     """n = rho n + (1 - rho) g^2; v = mu v - lr g / max(sqrt(n + eps), floor), g scaled by gs (the torch
     path's float32 ops in its order). floor = 0 changes nothing (a root is never below 0)."""
@@ -128,7 +128,7 @@ def _moments(g, n, v, gs, rho, omr, lr, eps, floor, mu):
         v[j] = v[j] * mu - gj * lr / (floor if d < floor else d)
 
 
-@_jit
+@_raw
 def _moments_apply(g, n, v, w, gs, rho, omr, lr, eps, floor, mu):
     """n and v as in `_moments`, and w += v in the same loop (no update clipping: the step is final)."""
     for j in range(g.shape[0]):
@@ -141,7 +141,7 @@ def _moments_apply(g, n, v, w, gs, rho, omr, lr, eps, floor, mu):
         w[j] += s
 
 
-@_jit
+@_raw
 def _apply(w, v, scale, scaled, keep_v):
     """w += v * scale if scaled, else w += v; v keeps the scaled step unless keep_v (unclipped velocity)."""
     if scaled and keep_v:
@@ -157,7 +157,7 @@ def _apply(w, v, scale, scaled, keep_v):
             w[j] += v[j]
 
 
-@_jit
+@_raw
 def _rmsprop(grads, weights, n, v, active, lr, mu, rho, omr, eps, floor, limit, gnorm, clip, keep_v, acc):
     """One update of every active model k (row k of each (K, m_i) gradient/weight, of the (K, P) state).
 
