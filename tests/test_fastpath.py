@@ -166,6 +166,43 @@ def test_non_finite_loss_and_gradient_are_reported_and_not_stepped():
     assert model.V.grad.abs().sum() > 0  # p.grad: the gradients of the update
 
 
+def test_sequences_are_read_where_they_are_whatever_their_layout():
+    """The driver copies each sequence in from its own memory: views into a larger tensor, non-contiguous
+    and float64 sequences (copied first) give the update that contiguous float32 copies give, sequences
+    of different lengths in one batch and a shorter batch after a longer one included; a sequence of the
+    wrong width is refused before anything is read."""
+    rng = torch.Generator().manual_seed(3)
+    roll = (torch.rand(2, 30, 88, generator=rng) < 0.1).float()
+    wide = torch.zeros(30, 2 * 88)
+    wide[:, ::2] = roll[1]
+    batches = [
+        [[roll[0, :25], roll[1]], [roll[1, 3:20]]],  # views at offsets
+        [[wide[:, ::2]], [roll[0].double()]],  # non-contiguous, float64
+        [[roll[0, :4]], None],  # model 1 stopped
+    ]
+    runs = []
+    for plain in (True, False):
+        model = build_model("gru", hidden=5, k=2)
+        model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
+        params = list(model.parameters())
+        opt = StackedRMSProp(params, [0.9] * 2, [0.95] * 2, [0.0] * 2, "update", [1.0] * 2, floor=[0.01] * 2)
+        upd = FastUpdate(model, opt, model.recurrent_weights(), [False, True], 1e18)
+        out = []
+        for batch in batches:
+            if plain:
+                batch = [ss and [s.float().contiguous().clone() for s in ss] for ss in batch]
+            active = [True, batch[1] is not None]
+            out.append(upd(batch, [1e-2, 1e-2], active) + (upd.losses(),))
+        runs.append((out, [p.detach().clone() for p in model.parameters()]))
+        with pytest.raises(ValueError, match=r"model 1's sequence 0 has shape \(30, 87\), not \(T, 88\)"):
+            upd([[roll[0]], [roll[1, :, :87]]], [1e-2, 1e-2], [True, True])
+    (plain_out, plain_w), (out, w) = runs
+    assert all(torch.equal(a, b) and a.isfinite().all() for a, b in zip(plain_w, w, strict=True))
+    for a, b in zip(plain_out, out, strict=True):
+        assert a[:3] == b[:3] and torch.equal(a[3], b[3])
+    assert plain_out[0][3][0, 1] != 0 and plain_out[2][3][1].eq(0).all()
+
+
 def test_possible_only_on_the_cpu_kernels():
     model = build_model("gru", hidden=5, k=1, fast="off")
     opt = StackedRMSProp(list(model.parameters()), [0.9], [0.95], [0.0], "update", [1.0])

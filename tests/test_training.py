@@ -232,32 +232,48 @@ def test_rmsprop_numba_pass_matches_the_torch_ops(clip: str):
         assert torch.linalg.vector_norm(step).item() == pytest.approx(0.05)
 
 
-def test_rmsprop_numba_pass_is_the_float32_expression_in_order():
+@pytest.mark.parametrize("eps, floor", [(1e-6, 0.0), (0.0, 0.01), (0.0, 0.0)])
+def test_rmsprop_numba_pass_is_the_float32_expression_in_order(eps: float, floor: float):
     """Without clipping, the numba pass is bit for bit numpy's float32 evaluation of the documented formula
-    (numpy's sqrt is correctly rounded, as numba's is; torch's CPU sqrt is not, hence the tolerance above)."""
+    (numpy's sqrt is correctly rounded, as numba's is; torch's CPU sqrt is not, hence the tolerance above),
+    signed zeros and NaNs included: runs of +0 and -0 gradients (notes that did not sound) take the pass's
+    shortcut past the root and division, which must give the same numbers, also where n + eps is 0 (floor
+    0: NaN) or n was never touched."""
     pytest.importorskip("numba")
     rng = np.random.default_rng(10)
     shapes = [(2, 30, 17), (2, 17)]
     w = [rng.normal(size=s).astype(np.float32) for s in shapes]
     ps = [torch.nn.Parameter(torch.from_numpy(x.copy())) for x in w]
     f32 = np.float32
-    mu, rho, eps, lr = f32([[0.9], [0.5]]), f32([[0.95], [0.9]]), f32([[1e-6], [1e-4]]), f32([[1e-3], [0.3]])
-    opt = StackedRMSProp(ps, mu.ravel(), rho.ravel(), eps.ravel(), "none", [1.0] * 2, fast=True)
+    mu, rho, lr = f32([[0.9], [0.5]]), f32([[0.95], [0.9]]), f32([[1e-3], [0.3]])
+    e, fl = f32([[eps], [eps]]), f32([[floor], [floor]])
+    opt = StackedRMSProp(
+        ps, mu.ravel(), rho.ravel(), e.ravel(), "none", [1.0] * 2, floor=fl.ravel(), fast=True
+    )
     n, v = [np.zeros_like(x) for x in w], [np.zeros_like(x) for x in w]
-    for _ in range(3):
+    for step in range(4):
         grads = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        grads[0][:, 2:12] = 0.0  # never sounded: n stays 0
+        grads[0][0, 14 + step : 22 + step] = -0.0
+        grads[0][1, 20:] = 0.0 if step % 2 else -0.0
+        if step == 2:
+            grads[1][0] = 0.0
         for p, g in zip(ps, grads, strict=True):
             p.grad = torch.from_numpy(g.copy())
         opt.step(lr.ravel(), [True] * 2)
         for i, g in enumerate(grads):
             shape = (2,) + (1,) * (g.ndim - 1)
-            r, m, e, a = (x.reshape(shape) for x in (rho, mu, eps, lr))
+            r, m, ee, a, f = (x.reshape(shape) for x in (rho, mu, e, lr, fl))
             n[i] = n[i] * r + g * g * (f32(1) - r)
-            v[i] = v[i] * m - g * a / np.sqrt(n[i] + e)
+            d = np.sqrt(n[i] + ee)
+            with np.errstate(invalid="ignore"):
+                v[i] = v[i] * m - g * a / np.where(d < f, f, d)
             w[i] = w[i] + v[i]
     for i in range(len(shapes)):
-        for got, want in ((ps[i].detach(), w[i]), (opt.n[i], n[i]), (opt.v[i], v[i])):
-            assert np.array_equal(got.numpy(), want)
+        for got, want in ((ps[i].detach().numpy(), w[i]), (opt.n[i].numpy(), n[i]), (opt.v[i].numpy(), v[i])):
+            assert np.array_equal(got, want, equal_nan=True)
+            assert np.array_equal(np.signbit(got), np.signbit(want))  # the zeros' signs (and the NaNs')
+    assert np.isnan(v[0]).any() == (floor == 0 and eps == 0)
 
 
 @pytest.mark.parametrize("fast", FAST)

@@ -6,6 +6,10 @@ optimizer calls. Here one @njit driver runs the very same numba kernels (kernels
 (optim.py) in the same order over buffers allocated once, so the numbers are bit for bit those of the
 autograd path (tests/test_fastpath.py checks weights, optimizer state and losses over real updates).
 
+The driver reads the batch's sequences where they are (their addresses, `_copy_in`): copying them in from
+Python (`.numpy()` and a numpy slice assignment per sequence) cost ~3 us, and as much again in the driver,
+whose caches that Python code had evicted (GRU 46, a 1-step update: 50 -> 47 us in all).
+
 The buffers live in three flat arenas (float32: weight-sized; float32 and float64: batch-sized) carved into
 views inside the driver: numba unboxes each array argument for ~0.4 us, and an update needs ~40 of them.
 Weight noise is still drawn by torch from each model's generator (into a preallocated buffer, the same
@@ -25,6 +29,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+try:
+    from numba import carray, types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - FastUpdate.possible is False without numba
+    intrinsic = None
 
 from gru_bench.config import available_cpus
 from gru_bench.models import kernels as kn
@@ -118,6 +128,34 @@ def _v4(arena, lay, i):
     return _v(arena, lay, i).reshape((lay[i, 1], lay[i, 2], lay[i, 3], lay[i, 4]))
 
 
+if intrinsic is not None:
+
+    @intrinsic
+    def _pointer(typingctx, address):
+        """The int64 `address` as a pointer."""
+
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+
+        return types.voidptr(types.int64), codegen
+
+
+@_jit
+def _copy_in(src, x, steps, lo, hi):
+    """Models lo..hi-1's sequences into x from the memory they are in: src[k, s] = (address, frames - 1) of
+    sequence s of model k, (0, 0) where there is none (FastUpdate._load); steps[k, s] = frames - 1."""
+    n_in = x.shape[3]
+    for k in range(lo, hi):
+        for s in range(steps.shape[1]):
+            address, m = src[k, s, 0], src[k, s, 1]
+            steps[k, s] = m
+            if address != 0 and m >= 0:
+                seq, out = carray(_pointer(address), (m + 1, n_in), np.float32), x[k, s]
+                for t in range(m + 1):
+                    for j in range(n_in):
+                        out[t, j] = seq[t, j]
+
+
 @_jit
 def _noisy(w, noise, std, out, transpose):
     """out[k] = w[k] + noise[k] * std[k] (torch's `w.add_(randn * std)`), w[k] itself where std[k] == 0;
@@ -144,19 +182,21 @@ def _transpose(a, out):
 
 @_jit
 def _update(
-    kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, steps, flags, hyper, w, n, v, blas,
-    lo, hi,
+    kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, src, steps, flags, hyper, w, n, v,
+    blas, lo, hi,
 ):  # fmt: skip
     """One update of every active model; see the module docstring and Trainer.update (the same steps).
 
     kind: index into kernels.KINDS; fused: torch.nn's parameter layout (w_ih, w_hh, b_ih, b_hh, V, c), else
-    the paper's (W, U, b, peep or (K, 0), V, c); w: those six (K, m) parameter views. flags rows: active,
+    the paper's (W, U, b, peep or (K, 0), V, c); w: those six (K, m) parameter views. src: where the
+    sequences are (`_copy_in`), steps: their frames - 1 (filled here). flags rows: active,
     per_frame (in); loss_ok, grad_ok, step (out). hyper rows: lr, mu, rho, 1 - rho, eps, floor, limit,
     noise std of U and of W (0: none). f64: per-sequence NLL sums (K, B), gradient norms (K,), LANES lanes
     per model. blas: the kernels' BLAS path (kernels.use_blas) instead of the element loops. Only models
     lo..hi-1 are touched (each model's arithmetic is its own: two threads may update disjoint ranges at
     once)."""
     Kall, B = steps.shape
+    _copy_in(src, _v4(seq, lay, X), steps, lo, hi)
     steps = steps[lo:hi]
     K = hi - lo
     active, per_frame, loss_ok = flags[0][lo:hi], flags[1][lo:hi], flags[2][lo:hi]
@@ -372,7 +412,7 @@ class FastUpdate:
         swapped[[NOISE_U, NOISE_W, NOISE_U2, NOISE_W2]] = self.lay[[NOISE_U2, NOISE_W2, NOISE_U, NOISE_W]]
         head = (kn.KINDS.index(self.kind), self.fused, self.noise_w, opt._clip_code, not opt.clip_velocity)
         head += (self.max_norm, self.fixed, self.seq)
-        tail = (self.f64, self.steps, self.flags, self.hyper, self.w, opt._np_n, opt._np_v)
+        tail = (self.f64, self._src, self.steps, self.flags, self.hyper, self.w, opt._np_n, opt._np_v)
         self._args = tuple(
             tuple((*head, lay, *tail, blas) for lay in (self.lay, swapped)) for blas in (False, True)
         )
@@ -386,8 +426,7 @@ class FastUpdate:
         lay_seq, size = _layout(SEQ, shapes)
         self.lay = np.concatenate([self.lay_fixed, lay_seq])
         self.seq = np.zeros(size, np.float32)
-        off, *dims = lay_seq[0]
-        self.x = self.seq[off : off + int(np.prod(dims))].reshape(dims)
+        self._src = np.zeros((self.k, b, 2), np.int64)  # see _copy_in
         self.steps = np.zeros((self.k, b), np.int64)
         self.f64 = np.zeros(self.k * (b + 1 + LANES))
         self._gnorm = self.f64[self.k * b : self.k * (b + 1)]
@@ -421,7 +460,7 @@ class FastUpdate:
         the gradient norm (float64); a model steps where active and both hold."""
         if list(map(Tensor.data_ptr, self.params)) != self._ptrs:
             self._weights()
-        b = self._load(batch)
+        b, _held = self._load(batch)  # _held: copies of sequences the driver reads, alive until it returns
         if active != self._last[0]:  # numpy assignments cost ~1 us each: only on a change
             self.flags[0] = self._last[0] = list(active)
         if lr != self._last[1]:
@@ -489,12 +528,14 @@ class FastUpdate:
             for g, state in ahead[3]:
                 g.set_state(state)
 
-    def _load(self, batch: Sequence[Sequence[Tensor] | None]) -> int:
-        """Copy the batch into x and steps (the buffers grown first where it does not fit); its size B."""
-        x, steps = self.x, self.steps
+    def _load(self, batch: Sequence[Sequence[Tensor] | None]) -> tuple[int, list[Tensor]]:
+        """Where the batch's sequences are, for the driver to copy them in (`_copy_in`; the buffers grown
+        first where they do not fit); its size B. A sequence that is not a C-contiguous CPU float32 tensor
+        is copied into one first: the copies are returned with B, to be held until the update ends."""
         cap_b, cap_t = self._cap
-        steps.fill(0)
-        b = self._longest = 0
+        src, n_in, held = self._src, self.model.n_in, []
+        src.fill(0)
+        b = longest = 0
         for k, ss in enumerate(batch):
             if not ss:
                 continue
@@ -502,15 +543,21 @@ class FastUpdate:
                 return self._regrow(batch)
             b = max(b, len(ss))
             for i, s in enumerate(ss):
-                n = s.shape[0]
-                if n > cap_t:
+                shape = s.shape
+                if len(shape) != 2 or shape[1] != n_in:
+                    raise ValueError(f"model {k}'s sequence {i} has shape {tuple(shape)}, not (T, {n_in})")
+                if shape[0] > cap_t:
                     return self._regrow(batch)
-                x[k, i, :n] = s.numpy()
-                steps[k, i] = n - 1
-                self._longest = max(self._longest, n - 1)
-        return b
+                if not (s.dtype is torch.float32 and s.is_cpu and s.is_contiguous()):
+                    s = s.detach().to("cpu", torch.float32).contiguous()
+                    held.append(s)
+                src[k, i, 0] = s.data_ptr()
+                src[k, i, 1] = shape[0] - 1
+                longest = max(longest, shape[0] - 1)
+        self._longest = longest
+        return b, held
 
-    def _regrow(self, batch: Sequence[Sequence[Tensor] | None]) -> int:
+    def _regrow(self, batch: Sequence[Sequence[Tensor] | None]) -> tuple[int, list[Tensor]]:
         """`_load` of a batch larger than the buffers: grow them, then load."""
         seqs = [s or () for s in batch]
         self._grow(max(map(len, seqs)), max((s.shape[0] for ss in seqs for s in ss), default=2))

@@ -44,6 +44,10 @@ try:
 
     from gru_bench.models import simd
     from gru_bench.models.simd import LANES
+    from gru_bench.models.simd import get as _get
+    from gru_bench.models.simd import load_part as _load
+    from gru_bench.models.simd import put as _put
+    from gru_bench.models.simd import store_part as _store
 except ImportError:  # pragma: no cover - the pure-torch path takes over
     njit = None
 
@@ -293,19 +297,6 @@ def _mat_mat(A, M, out):
 
 
 @njit(inline="always", **_OPTIONS)
-def _load(a, j, full, last):
-    return simd.load(a, j) if full else simd.load_n(a, j, last)
-
-
-@njit(inline="always", **_OPTIONS)
-def _store(a, j, x, full, last):
-    if full:
-        simd.store(a, j, x)
-    else:
-        simd.store_n(a, j, x, last)
-
-
-@njit(inline="always", **_OPTIONS)
 def _block(v, w, M, o, p, j, nv, last, two):
     """o[j : e] += v @ M[:, j : e] (and p[j : e] += w @ M[:, j : e] if two), e = j + 16 (nv - 1) + last:
     nv vectors a row in registers (nv <= 6, or 3 if two), the last `last` lanes wide (masked where < 16)."""
@@ -474,21 +465,6 @@ def _seq_dU(hs, gs, c0, c1, dU, n):
 # _put mask only a ragged last piece: 46 units are 16 + 16 + 14, not a scalar tail). The formulas are those of
 # one unit, lane by lane. The kernels below differ only in how they form the products with U: element
 # loops or sgemm.
-
-
-@njit(inline="always", **_OPTIONS)
-def _get(a, j, m):
-    """a[j : j + m] (m > 0) as a vector, zeros past m: a plain load where the whole vector lies inside,
-    masked only at the ragged end. AVX2 has no cheap masked store (Zen 3 microcodes it): with a masked
-    load and store for every piece, the loss took 1.5x and forward + backward 1.04-1.18x as long on an AMD
-    EPYC. _put does the same."""
-    return _load(a, j, m >= LANES, m)
-
-
-@njit(inline="always", **_OPTIONS)
-def _put(a, j, x, m):
-    """a[j : j + m] = the first m lanes of x (m > 0), as _get."""
-    _store(a, j, x, m >= LANES, m)
 
 
 @_jit
