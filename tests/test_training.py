@@ -315,6 +315,34 @@ def test_grad_norms_are_float64_norms_that_do_not_overflow(fast: bool):
     torch.testing.assert_close(opt.grad_norms(), want, rtol=1e-12, atol=0)
 
 
+def test_grad_norms_sum_in_interleaved_lanes_bit_for_bit():
+    """The compiled norm is the documented float64 sum, bit for bit: element j of a tensor row into lane
+    j mod LANES in order, tensor after tensor, then the lanes in order (runs of zeros and a NaN
+    included)."""
+    pytest.importorskip("numba")
+    from gru_bench.models.optim import LANES
+
+    rng = np.random.default_rng(4)
+    shapes = [(2, 40, 33), (2, 70)]
+    grads = [(rng.normal(size=s) * 10.0 ** rng.integers(-3, 3, size=s)).astype(np.float32) for s in shapes]
+    grads[0][:, 3:30] = 0.0  # 27 rows of 33: many runs of 32 zeros, starting anywhere in the lanes
+    grads[0][0, 31, :] = -0.0
+    grads[1][1, 40] = np.nan
+    ps = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    for p, g in zip(ps, grads, strict=True):
+        p.grad = torch.from_numpy(g)
+    got = StackedRMSProp(ps, [0.9] * 2, [0.95] * 2, [0.0] * 2, "update", [1.0] * 2, fast=True).grad_norms()
+    for k in range(2):
+        lanes = [0.0] * LANES
+        for g in grads:
+            for j, x in enumerate(g[k].ravel().tolist()):
+                lanes[j % LANES] += x * x
+        total = 0.0
+        for x in lanes:
+            total += x
+        assert np.isnan(got[k].item()) if k == 1 else got[k].item() == np.sqrt(total)
+
+
 @pytest.mark.parametrize("fast", FAST)
 def test_step_uses_the_gradients_as_they_are_when_it_runs(fast: bool):
     """Gradients replaced or changed in place between grad_norms() and step() are the ones stepped on."""
