@@ -685,7 +685,7 @@ def _gru_bwd(dhs, U, hs, r, z, n, dxp, dU, steps):
     zero = np.zeros(H, F32)
     dh = np.zeros(_lanes(H), F32)
     drh = np.zeros(_lanes(H), F32)
-    rh = np.zeros((T, H), F32)  # r * hp per step: U_n's input
+    rh = np.empty((T, H), F32)  # r * hp per step: U_n's input (each row written before it is read)
     for k in range(K):
         UT = _transposed(U[k], dh.shape[0])
         for s in range(B):
@@ -741,7 +741,7 @@ def _gru_cudnn_bwd(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
     K, B, T, H = hs.shape
     zero = np.zeros(H, F32)
     dh = np.zeros(_lanes(H), F32)
-    gh = np.zeros((T, 3 * H), F32)  # per step: the gradient of hp U
+    gh = np.empty((T, 3 * H), F32)  # per step: the gradient of hp U (written before it is read)
     for k in range(K):
         UT = _transposed(U[k], dh.shape[0])
         for s in range(B):
@@ -1017,7 +1017,7 @@ def _gru_bwd_blas(dhs, U, hs, r, z, n, dxp, dU, steps):
     zero = np.zeros(H, F32)
     dh = np.zeros((B, H), F32)
     drh = np.zeros((B, H), F32)
-    rh = np.zeros((T, H), F32)
+    rh = np.empty((T, H), F32)  # rows 1..m-1 written before they are read
     for k in range(K):
         dh[:] = 0
         for t in range(steps[k].max() - 1, -1, -1):
@@ -1073,7 +1073,7 @@ def _gru_cudnn_bwd_blas(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
     K, B, T, H = hs.shape
     zero = np.zeros(H, F32)
     dh = np.zeros((B, H), F32)
-    gh = np.zeros((B, T, 3 * H), F32)  # gradients of h U (the n block is r times dxp's)
+    gh = np.empty((B, T, 3 * H), F32)  # gradients of h U (the n block is r times dxp's), written first
     for k in range(K):
         dh[:] = 0
         for t in range(steps[k].max() - 1, -1, -1):
