@@ -207,7 +207,7 @@ def test_zero_skipping_projection_equals_the_dense_sum_bit_for_bit():
     W, b = rng.normal(size=(2, N_IN, 12)).astype(np.float32), rng.normal(size=(2, 12)).astype(np.float32)
     steps = np.array([[7, 3, 0], [7, 7, 5]])
     xp = np.zeros((2, 3, 7, 12), np.float32)
-    kernels._project(x, W, b, xp, steps)
+    kernels._project(x, W, b, xp, steps, np.empty(N_IN, np.int64))
     dense = np.broadcast_to(b[:, None, None], xp.shape).copy()
     for i in range(N_IN):  # float32 products and sums in index order, zeros included
         dense = dense + x[..., i : i + 1] * W[:, None, None, i]

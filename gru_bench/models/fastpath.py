@@ -4,7 +4,9 @@ The autograd path of an update (`Trainer.update`) costs ~0.3 ms besides the arit
 autograd graph, private copies of every weight, fresh gradient arrays, ~15 torch ops around the loss, two
 optimizer calls. Here one @njit driver runs the very same numba kernels (kernels.py) and optimizer passes
 (optim.py) in the same order over buffers allocated once, so the numbers are bit for bit those of the
-autograd path (tests/test_fastpath.py checks weights, optimizer state and losses over real updates).
+autograd path (tests/test_fastpath.py checks weights, optimizer state and losses over real updates). The
+update allocates nothing (the kernels take their scratch from `_work`), so the driver is compiled without
+numba's reference counting (`_raw`), which cost ~200 atomic counter updates a call.
 
 The driver reads the batch's sequences where they are (their addresses, `_copy_in`): copying them in from
 Python (`.numpy()` and a numpy slice assignment per sequence) cost ~3 us, and as much again in the driver,
@@ -31,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 try:
-    from numba import carray, types
+    from numba import types
+    from numba.core import cgutils
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - FastUpdate.possible is False without numba
     intrinsic = None
@@ -41,7 +44,9 @@ from gru_bench.models import kernels as kn
 from gru_bench.models.cells import GATES
 from gru_bench.models.optim import LANES, StackedRMSProp, _grad_norms, _mark_modified, _rmsprop
 
-_jit = kn._jit
+_jit, _raw = kn._jit, kn._raw
+# views returned from a function without NRT must be inlined into it
+_view = kn.njit(inline="always", **kn._OPTIONS)
 
 # views of the weight-sized arena: kernel-layout weights the forward runs with, noise, kernel-layout
 # gradients, and the fused model's gradients in torch.nn's layout
@@ -108,22 +113,22 @@ def _layout(names: Sequence[str], shapes: dict[str, tuple[int, ...]]) -> tuple[n
     return np.array(rows, np.int64).reshape(-1, 5), off
 
 
-@_jit
+@_view
 def _v(arena, lay, i):
     return arena[lay[i, 0] : lay[i, 0] + lay[i, 1] * lay[i, 2] * lay[i, 3] * lay[i, 4]]
 
 
-@_jit
+@_view
 def _v2(arena, lay, i):
     return _v(arena, lay, i).reshape((lay[i, 1], lay[i, 2] * lay[i, 3] * lay[i, 4]))
 
 
-@_jit
+@_view
 def _v3(arena, lay, i):
     return _v(arena, lay, i).reshape((lay[i, 1], lay[i, 2], lay[i, 3] * lay[i, 4]))
 
 
-@_jit
+@_view
 def _v4(arena, lay, i):
     return _v(arena, lay, i).reshape((lay[i, 1], lay[i, 2], lay[i, 3], lay[i, 4]))
 
@@ -131,13 +136,16 @@ def _v4(arena, lay, i):
 if intrinsic is not None:
 
     @intrinsic
-    def _pointer(typingctx, address):
-        """The int64 `address` as a pointer."""
+    def _copy_from(typingctx, address, out, n):
+        """out's first n float32 = the n at the int64 `address` (a memcpy; out C-contiguous)."""
 
         def codegen(context, builder, sig, args):
-            return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+            dst = context.make_array(sig.args[1])(context, builder, args[1]).data
+            src = builder.inttoptr(args[0], dst.type)
+            cgutils.raw_memcpy(builder, dst, src, args[2], context.get_abi_sizeof(dst.type.pointee))
+            return context.get_dummy_value()
 
-        return types.voidptr(types.int64), codegen
+        return types.none(types.int64, out, types.int64), codegen
 
 
 @_jit
@@ -150,10 +158,7 @@ def _copy_in(src, x, steps, lo, hi):
             address, m = src[k, s, 0], src[k, s, 1]
             steps[k, s] = m
             if address != 0 and m >= 0:
-                seq, out = carray(_pointer(address), (m + 1, n_in), np.float32), x[k, s]
-                for t in range(m + 1):
-                    for j in range(n_in):
-                        out[t, j] = seq[t, j]
+                _copy_from(address, x[k, s], (m + 1) * n_in)
 
 
 @_jit
@@ -166,12 +171,18 @@ def _noisy(w, noise, std, out, transpose):
         wk, zk, ok = w[k], noise[k].reshape((m, n)) if s != 0 else w[k], out[k]
         if transpose:
             kn._transpose_sum(wk, zk, s, ok)
-        elif s != 0:
+        else:  # element loops: an array copy may need a temporary, which cannot be allocated without NRT
             for i in range(m):
                 for j in range(n):
-                    ok[i, j] = wk[i, j] + zk[i, j] * s
-        else:
-            ok[:] = wk
+                    ok[i, j] = wk[i, j] + zk[i, j] * s if s != 0 else wk[i, j]
+
+
+@_jit
+def _any_nonzero(a):
+    for i in range(a.shape[0]):
+        if a[i] != 0:
+            return True
+    return False
 
 
 @_jit
@@ -180,10 +191,10 @@ def _transpose(a, out):
         kn._transpose_sum(a[k], a[k], np.float32(0.0), out[k])
 
 
-@_jit
+@_raw
 def _update(
     kind, fused, noise_w, clip, keep_v, max_norm, fixed, seq, lay, f64, src, steps, flags, hyper, w, n, v,
-    blas, lo, hi,
+    blas, work, iwork, g, lo, hi,
 ):  # fmt: skip
     """One update of every active model; see the module docstring and Trainer.update (the same steps).
 
@@ -192,9 +203,10 @@ def _update(
     sequences are (`_copy_in`), steps: their frames - 1 (filled here). flags rows: active,
     per_frame (in); loss_ok, grad_ok, step (out). hyper rows: lr, mu, rho, 1 - rho, eps, floor, limit,
     noise std of U and of W (0: none). f64: per-sequence NLL sums (K, B), gradient norms (K,), LANES lanes
-    per model. blas: the kernels' BLAS path (kernels.use_blas) instead of the element loops. Only models
-    lo..hi-1 are touched (each model's arithmetic is its own: two threads may update disjoint ranges at
-    once)."""
+    per model, and n_in more for the loss's sums. blas: the kernels' BLAS path (kernels.use_blas) instead
+    of the element loops. work, iwork: float32 and int64 scratch (kernels.work_floats; n_in), row g for
+    this thread. Only models lo..hi-1 are touched (each model's arithmetic is its own: two threads may
+    update disjoint ranges at once). Nothing is allocated: no NRT (_raw)."""
     Kall, B = steps.shape
     _copy_in(src, _v4(seq, lay, X), steps, lo, hi)
     steps = steps[lo:hi]
@@ -215,6 +227,8 @@ def _update(
     sums = f64[: Kall * B].reshape((Kall, B))[lo:hi]
     gnorm = f64[Kall * B + lo : Kall * B + hi]
     acc = f64[Kall * (B + 1) + lo * LANES : Kall * (B + 1) + (lo + 1) * LANES]
+    acc_nll = f64[Kall * (B + 1 + LANES) + lo * n_in : Kall * (B + 1 + LANES) + (lo + 1) * n_in]
+    work, iwork = work[g], iwork[g]
     std_u, std_w = hyper[7][lo:hi], hyper[8][lo:hi]
     w = (w[0][lo:hi], w[1][lo:hi], w[2][lo:hi], w[3][lo:hi], w[4][lo:hi], w[5][lo:hi])
     n, v = n[lo:hi], v[lo:hi]
@@ -234,22 +248,24 @@ def _update(
         peep[:] = 0
         bhn = _v2(fixed, lay, BHN)[lo:hi]
         if kind == 2:
-            bhn[:] = b_hh[:, 2 * H :]
+            for k in range(K):
+                for j in range(H):
+                    bhn[k, j] = b_hh[k, 2 * H + j]
     else:
         Wx, Ux, bx = w[0].reshape((K, n_in, GH)), w[1].reshape((K, H, GH)), w[2]
         if noise_w:
             _noisy(Wx, _v2(fixed, lay, NOISE_W)[lo:hi], std_w, Wk, False)
             Wx = Wk
-        if np.any(std_u != 0):
+        if _any_nonzero(std_u):
             _noisy(Ux, _v2(fixed, lay, NOISE_U)[lo:hi], std_u, Uk, False)
             Ux = Uk
         peep = w[3].reshape((K, 3, H)) if kind == 3 else _v3(fixed, lay, PK)[lo:hi]
         bhn = _v2(fixed, lay, BHN)[lo:hi]
 
     # forward, loss (kernels._NextFrame.forward with nll=True)
-    kn._project(x, Wx, bx, xp, steps)
-    kn._forward(kind, blas, xp, Ux, peep, bhn, hs, s0, s1, s2, s3, V, w[5], logits, steps)
-    kn._nll(logits, x, steps, sums, dlog)
+    kn._project(x, Wx, bx, xp, steps, iwork)
+    kn._forward(kind, blas, xp, Ux, peep, bhn, hs, s0, s1, s2, s3, V, w[5], logits, steps, work)
+    kn._nll(logits, x, steps, sums, dlog, acc_nll, work)
 
     # d loss / d logits: each model's sum over sequences, per frame (training.loss mean) or not, as float32
     for k in range(K):
@@ -264,7 +280,9 @@ def _update(
         if scale != 1:
             for s in range(B):
                 for t in range(steps[k, s]):
-                    dlog[k, s, t] *= scale
+                    row = dlog[k, s, t]
+                    for j in range(row.shape[0]):
+                        row[j] *= scale
 
     # backward (kernels._NextFrame.backward)
     dW, db = _v3(fixed, lay, DW)[lo:hi], _v2(fixed, lay, DB)[lo:hi]
@@ -274,8 +292,10 @@ def _update(
         a[:] = 0
     for a in (db, dc, dbhn):
         a[:] = 0
-    kn._backward(kind, blas, dlog, Ux, V, peep, hs, s0, s1, s2, s3, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps)
-    kn._project_grad(x, dxp, dW, db, steps)
+    kn._backward(
+        kind, blas, dlog, Ux, V, peep, hs, s0, s1, s2, s3, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps, work
+    )
+    kn._project_grad(x, dxp, dW, db, steps, iwork)
 
     # the parameters' gradients in their order and layout (autograd's transposes and slice sums)
     if fused:
@@ -306,10 +326,10 @@ def _update(
     _rmsprop(grads, w, n, v, step, lr, mu, rho, omr, eps, floor, limit, gnorm, clip, keep_v, acc)
 
 
-def _update_group(args: tuple, lo: int, hi: int) -> None:
-    """`_update` of models lo..hi-1 next to the other groups: its sgemm calls on one thread each."""
+def _update_group(args: tuple, g: int, lo: int, hi: int) -> None:
+    """`_update` of models lo..hi-1 (group g) next to the other groups: its sgemm calls on one thread each."""
     with kn.blas_threads(1):
-        _update(*args, lo, hi)
+        _update(*args, g, lo, hi)
 
 
 class FastUpdate:
@@ -414,7 +434,8 @@ class FastUpdate:
         head += (self.max_norm, self.fixed, self.seq)
         tail = (self.f64, self._src, self.steps, self.flags, self.hyper, self.w, opt._np_n, opt._np_v)
         self._args = tuple(
-            tuple((*head, lay, *tail, blas) for lay in (self.lay, swapped)) for blas in (False, True)
+            tuple((*head, lay, *tail, blas, self._work, self._iwork) for lay in (self.lay, swapped))
+            for blas in (False, True)
         )
 
     def _grow(self, b: int, t: int) -> None:
@@ -428,7 +449,11 @@ class FastUpdate:
         self.seq = np.zeros(size, np.float32)
         self._src = np.zeros((self.k, b, 2), np.int64)  # see _copy_in
         self.steps = np.zeros((self.k, b), np.int64)
-        self.f64 = np.zeros(self.k * (b + 1 + LANES))
+        n_in, h = self.model.n_in, self.model.hidden
+        self.f64 = np.zeros(self.k * (b + 1 + LANES + n_in))
+        gates = shapes["Uk"][2]
+        self._work = np.zeros((len(self.groups), kn.work_floats(gates, h, n_in, b, t)), np.float32)
+        self._iwork = np.zeros((len(self.groups), n_in), np.int64)
         self._gnorm = self.f64[self.k * b : self.k * (b + 1)]
         self._cap = (b, t)
         self._bind()
@@ -479,10 +504,10 @@ class FastUpdate:
         if self._drawer is not None and any(std) and self._longest >= AHEAD_STEPS:
             self._draw_ahead(1 - noise, std, generators)
         if self.pool is None:
-            _update(*args, 0, self.k)
+            _update(*args, 0, 0, self.k)
         else:
-            others = [self.pool.submit(_update_group, args, lo, hi) for lo, hi in self.groups[1:]]
-            _update_group(args, *self.groups[0])
+            others = [self.pool.submit(_update_group, args, g, *lh) for g, lh in enumerate(self.groups) if g]
+            _update_group(args, 0, *self.groups[0])
             for f in others:
                 f.result()
         _mark_modified(self.params)

@@ -17,8 +17,9 @@ place, the backward's outer products are summed after each sequence's recurrence
 gate formulas and the loss's float32 part run on the same 16-float vectors, and the input projection
 visits a branch-free list of the notes on (_nonzero). The matrices the products stream (U, V and their
 transposes) are copied once per call with zero columns up to whole vectors, from a 64-byte boundary
-(_padded, _transposed): every row is then read in whole, unsplit vector loads, ~10% faster than masked
-loads that straddle cache lines. The per-step loops run without numba's reference counting (_raw).
+of the caller's scratch (_take, _padded, _transposed): every row is then read in whole, unsplit vector
+loads, ~10% faster than masked loads that straddle cache lines. The per-step loops run without numba's
+reference counting (_raw).
 
 Kinds: "tanh", "gru" (paper: reset before U), "lstm" (peepholes; zeros = torch's LSTM), "gru_cudnn"
 (torch/cuDNN GRU: n = tanh(xp_n + r * (h U_n + b_hn))). Gate blocks are ordered as in cells.py / torch.
@@ -38,9 +39,11 @@ import torch
 from torch import Tensor
 
 try:
-    from llvmlite import binding
+    from llvmlite import binding, ir
     from numba import config as numba_config
     from numba import njit, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 
     from gru_bench.models import simd
     from gru_bench.models.simd import LANES
@@ -58,8 +61,9 @@ _jit = njit(**_OPTIONS) if njit is not None else (lambda f: f)
 # Without numba's reference counting (NRT): each view an NRT function makes (a row, a slice) costs an
 # atomic increment and decrement, two calls, and a recurrence makes ~10 per step: a tenth of a batch-1
 # update. So the per-step loops (one sequence's recurrence, `*_seq`) and the products run without it;
-# they may not allocate, nor may anything they call (numba compiles the callees the same way), so the
-# kernels around them allocate their scratch and hand it in.
+# they may not allocate, nor may anything they call (numba compiles the callees the same way), nor return a
+# view they made (unless inlined). No kernel allocates: each takes its scratch from a `work` array the
+# caller hands in, so FastUpdate's driver runs without NRT too.
 _raw = njit(_nrt=False, **_OPTIONS) if njit is not None else (lambda f: f)
 ONE = np.float32(1.0)
 TWO = np.float32(2.0)
@@ -158,10 +162,9 @@ def _nonzero(v, on):
 
 
 @_jit
-def _project(x, W, b, xp, steps):
-    """xp = x @ W + b per (k, sequence, step), skipping zero inputs."""
+def _project(x, W, b, xp, steps, on):
+    """xp = x @ W + b per (k, sequence, step), skipping zero inputs (on: int64 scratch of x's width)."""
     K, B = steps.shape
-    on = np.empty(x.shape[3], np.int64)
     for k in range(K):
         for s in range(B):
             _project_seq(x[k, s], W[k], b[k], xp[k, s], steps[k, s], on)
@@ -189,9 +192,8 @@ def _project_seq(x, W, b, xp, m, on):
 
 
 @_jit
-def _project_grad(x, dxp, dW, db, steps):
+def _project_grad(x, dxp, dW, db, steps, on):
     K, B = steps.shape
-    on = np.empty(x.shape[3], np.int64)
     for k in range(K):
         for s in range(B):
             _project_grad_seq(x[k, s], dxp[k, s], dW[k], db[k], steps[k, s], on)
@@ -363,21 +365,42 @@ def _lanes(n):
     return -(-n // LANES) * LANES
 
 
-@_jit
-def _aligned_empty(rows, width):
-    """A (rows, width) float32 matrix that starts on a 64-byte boundary (numba's arrays start on 32): with a
-    width of whole vectors, no row's vector load then straddles two cache lines."""
-    buf = np.empty(rows * width + LANES, F32)
-    off = (-buf.ctypes.data % 64) // 4
-    return buf[off : off + rows * width].reshape((rows, width))
+# --- scratch: the kernels take what they need (padded and transposed weights, per-step buffers) from a
+# float32 array the caller owns, `work` (work_floats says how large), each kernel from its start; so an
+# update allocates nothing (FastUpdate keeps one per thread) and its driver runs without NRT: a 1-step
+# update of GRU 46 took 0.75x the time (malloc, zeroing and ~200 reference-count updates gone), a JSB
+# epoch's updates 0.90x.
+
+
+def work_floats(gates: int, hidden: int, n_out: int, batch: int, steps: int) -> int:
+    """Floats of `work` enough for any kernel on these sizes (gates: G*H; n_out: the readout's width)."""
+    lh, lg, lo = (-(-n // LANES) * LANES for n in (hidden, gates, n_out))
+    weights = hidden * (lg + LANES + lh + lo) + (gates + n_out) * lh  # padded U and V, U.T and V.T
+    return weights + batch * steps * gates + 8 * batch * max(lg, lh) + 32 * LANES
+
+
+@njit(inline="always", **_OPTIONS)
+def _take(work, off, rows, width):
+    """A (rows, width) view of `work` from element off on, moved up to a 64-byte boundary (with a width of
+    whole vectors no row's vector load then straddles two cache lines), and the offset after it."""
+    start = off + (-(np.int64(work.ctypes.data) // 4 + off)) % LANES
+    return work[start : start + rows * width].reshape((rows, width)), start + rows * width
+
+
+@njit(inline="always", **_OPTIONS)
+def _zeros(work, off, n):
+    """n zeros from `work` (`_take`), and the offset after them."""
+    v, off = _take(work, off, 1, n)
+    v[0, :] = 0
+    return v[0], off
 
 
 @_jit
-def _padded(M, c0, c1, width):
-    """Columns c0:c1 of the C-ordered matrix M with zero columns appended up to `width` (a copy): _block
+def _padded(M, c0, c1, out):
+    """out = columns c0:c1 of the C-ordered matrix M, zero columns appended up to out's width: _block
     reads its rows a whole vector wide. Row by row over unit-stride slices: numba's 2-D slice assignment
     into a zero matrix took over twice as long (46 x 92 floats: 4.1 against 1.8 us a call from Python)."""
-    out = _aligned_empty(M.shape[0], width)
+    width = out.shape[1]
     for i in range(M.shape[0]):
         r, o = M[i, c0:c1], out[i]
         for j in range(r.shape[0]):
@@ -388,9 +411,9 @@ def _padded(M, c0, c1, width):
 
 
 @_jit
-def _transposed(M, width):
-    """M transposed, zero columns appended up to `width`: the backward's g @ M.T as _vec_mat(g, MT, out)."""
-    out = _aligned_empty(M.shape[1], width)
+def _transposed(M, out):
+    """out = M transposed, zero columns appended up to out's width: the backward's g @ M.T as
+    _vec_mat(g, out, ...)."""
     out[:] = 0
     _transpose_sum(M, M, F32(0.0), out)
     return out
@@ -449,13 +472,13 @@ def _outer_acc_steps(vs, gs, c0, c1, dM, rev):
 
 
 @_jit
-def _seq_dU(hs, gs, c0, c1, dU, n):
+def _seq_dU(hs, gs, c0, c1, dU, n, zero):
     """dU[:, : c1 - c0] += outer(h_{t-1}, gs[t, c0:c1]) for t = n - 1 down to 0 (h_{-1} = 0): a sequence's
     recurrent-weight gradient, in the order of its backward pass."""
     if n > 1:
         _outer_acc_steps(hs[: n - 1], gs[1:n], c0, c1, dU, True)
     if n > 0:
-        _outer_acc(np.zeros(hs.shape[1], F32), gs[0, c0:c1], dU)
+        _outer_acc(zero, gs[0, c0:c1], dU)
 
 
 # --- the gate arithmetic of one step and sequence, shared by the element and the BLAS kernels ----------
@@ -616,11 +639,12 @@ def _lstm_step_bwd(dhs, dh, dc, p, cp, gt, tc, c, g, dpeep):
 
 
 @_jit
-def _tanh_fwd(xp, U, hs, steps):
+def _tanh_fwd(xp, U, hs, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
+    zero, o = _zeros(work, 0, H)
+    Uk = _take(work, o, H, _lanes(H))[0]
     for k in range(K):
-        Uk = _padded(U[k], 0, H, _lanes(H))
+        _padded(U[k], 0, H, Uk)
         for s in range(B):
             _tanh_fwd_seq(xp[k, s], Uk, hs[k, s], steps[k, s], zero)
 
@@ -634,14 +658,16 @@ def _tanh_fwd_seq(xp, U, hs, m, zero):
 
 
 @_jit
-def _tanh_bwd(dhs, U, hs, dxp, dU, steps):
+def _tanh_bwd(dhs, U, hs, dxp, dU, steps, work):
     K, B, T, H = hs.shape
-    dh = np.zeros(_lanes(H), F32)
+    zero, o = _zeros(work, 0, H)
+    dh, o = _zeros(work, o, _lanes(H))
+    UT = _take(work, o, H, _lanes(H))[0]
     for k in range(K):
-        UT = _transposed(U[k], dh.shape[0])
+        _transposed(U[k], UT)
         for s in range(B):
             _tanh_bwd_seq(dhs[k, s], UT, hs[k, s], dxp[k, s], steps[k, s], dh)
-            _seq_dU(hs[k, s], dxp[k, s], 0, H, dU[k], steps[k, s])
+            _seq_dU(hs[k, s], dxp[k, s], 0, H, dU[k], steps[k, s], zero)
 
 
 @_raw
@@ -658,12 +684,15 @@ def _tanh_bwd_seq(dhs, UT, hs, dxp, m, dh):
 
 
 @_jit
-def _gru_fwd(xp, U, hs, r, z, n, steps):
+def _gru_fwd(xp, U, hs, r, z, n, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    rh = np.empty(H, F32)
+    zero, o = _zeros(work, 0, H)
+    rh, o = _zeros(work, o, H)
+    Urz, o = _take(work, o, H, _lanes(2 * H))
+    Un = _take(work, o, H, _lanes(H))[0]
     for k in range(K):
-        Urz, Un = _padded(U[k], 0, 2 * H, _lanes(2 * H)), _padded(U[k], 2 * H, 3 * H, _lanes(H))
+        _padded(U[k], 0, 2 * H, Urz)
+        _padded(U[k], 2 * H, 3 * H, Un)
         for s in range(B):
             _gru_fwd_seq(xp[k, s], Urz, Un, hs[k, s], r[k, s], z[k, s], n[k, s], steps[k, s], zero, rh)
 
@@ -680,19 +709,20 @@ def _gru_fwd_seq(xp, Urz, Un, hs, r, z, n, m, zero, rh):
 
 
 @_jit
-def _gru_bwd(dhs, U, hs, r, z, n, dxp, dU, steps):
+def _gru_bwd(dhs, U, hs, r, z, n, dxp, dU, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    dh = np.zeros(_lanes(H), F32)
-    drh = np.zeros(_lanes(H), F32)
-    rh = np.empty((T, H), F32)  # r * hp per step: U_n's input (each row written before it is read)
+    zero, o = _zeros(work, 0, H)
+    dh, o = _zeros(work, o, _lanes(H))
+    drh, o = _zeros(work, o, _lanes(H))
+    rh, o = _take(work, o, T, H)  # r * hp per step: U_n's input (each row written before it is read)
+    UT = _take(work, o, 3 * H, _lanes(H))[0]
     for k in range(K):
-        UT = _transposed(U[k], dh.shape[0])
+        _transposed(U[k], UT)
         for s in range(B):
             m = steps[k, s]
             _gru_bwd_seq(dhs[k, s], UT, hs[k, s], r[k, s], z[k, s], n[k, s], dxp[k, s], m, zero, dh, drh, rh)
             _outer_acc_steps(rh[:m], dxp[k, s], 2 * H, 3 * H, dU[k, :, 2 * H :], True)
-            _seq_dU(hs[k, s], dxp[k, s], 0, 2 * H, dU[k], m)
+            _seq_dU(hs[k, s], dxp[k, s], 0, 2 * H, dU[k], m, zero)
 
 
 @_raw
@@ -715,12 +745,13 @@ def _gru_bwd_seq(dhs, UT, hs, r, z, n, dxp, m, zero, dh, drh, rh):
 
 
 @_jit
-def _gru_cudnn_fwd(xp, U, bhn, hs, r, z, n, hn, steps):
+def _gru_cudnn_fwd(xp, U, bhn, hs, r, z, n, hn, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    hu = np.zeros(3 * H, F32)
+    zero, o = _zeros(work, 0, H)
+    hu, o = _zeros(work, o, 3 * H)
+    Uk = _take(work, o, H, _lanes(3 * H))[0]
     for k in range(K):
-        Uk = _padded(U[k], 0, 3 * H, _lanes(3 * H))
+        _padded(U[k], 0, 3 * H, Uk)
         for s in range(B):
             _gru_cudnn_fwd_seq(
                 xp[k, s], Uk, bhn[k], hs[k, s], r[k, s], z[k, s], n[k, s], hn[k, s], steps[k, s], zero, hu
@@ -737,17 +768,18 @@ def _gru_cudnn_fwd_seq(xp, U, bhn, hs, r, z, n, hn, m, zero, hu):
 
 
 @_jit
-def _gru_cudnn_bwd(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
+def _gru_cudnn_bwd(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    dh = np.zeros(_lanes(H), F32)
-    gh = np.empty((T, 3 * H), F32)  # per step: the gradient of hp U (written before it is read)
+    zero, o = _zeros(work, 0, H)
+    dh, o = _zeros(work, o, _lanes(H))
+    gh, o = _take(work, o, T, 3 * H)  # per step: the gradient of hp U (written before it is read)
+    UT = _take(work, o, 3 * H, _lanes(H))[0]
     for k in range(K):
-        UT = _transposed(U[k], dh.shape[0])
+        _transposed(U[k], UT)
         for s in range(B):
             _gru_cudnn_bwd_seq(dhs[k, s], UT, hs[k, s], r[k, s], z[k, s], n[k, s], hn[k, s], dxp[k, s],
                 dbhn[k], steps[k, s], zero, dh, gh)  # fmt: skip
-            _seq_dU(hs[k, s], gh, 0, 3 * H, dU[k], steps[k, s])
+            _seq_dU(hs[k, s], gh, 0, 3 * H, dU[k], steps[k, s], zero)
 
 
 @_raw
@@ -763,11 +795,12 @@ def _gru_cudnn_bwd_seq(dhs, UT, hs, r, z, n, hn, dxp, dbhn, m, zero, dh, gh):
 
 
 @_jit
-def _lstm_fwd(xp, U, peep, hs, cs, gates, tc, steps):
+def _lstm_fwd(xp, U, peep, hs, cs, gates, tc, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
+    zero, o = _zeros(work, 0, H)
+    Uk = _take(work, o, H, _lanes(4 * H))[0]
     for k in range(K):
-        Uk = _padded(U[k], 0, 4 * H, _lanes(4 * H))
+        _padded(U[k], 0, 4 * H, Uk)
         for s in range(B):
             _lstm_fwd_seq(xp[k, s], Uk, peep[k], hs[k, s], cs[k, s], gates[k, s], tc[k, s], steps[k, s], zero)
 
@@ -782,17 +815,18 @@ def _lstm_fwd_seq(xp, U, peep, hs, cs, gates, tc, m, zero):
 
 
 @_jit
-def _lstm_bwd(dhs, U, peep, hs, cs, gates, tc, dxp, dU, dpeep, steps):
+def _lstm_bwd(dhs, U, peep, hs, cs, gates, tc, dxp, dU, dpeep, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    dh = np.zeros(_lanes(H), F32)
-    dc = np.zeros(H, F32)
+    zero, o = _zeros(work, 0, H)
+    dh, o = _zeros(work, o, _lanes(H))
+    dc, o = _zeros(work, o, H)
+    UT = _take(work, o, 4 * H, _lanes(H))[0]
     for k in range(K):
-        UT = _transposed(U[k], dh.shape[0])
+        _transposed(U[k], UT)
         for s in range(B):
             _lstm_bwd_seq(dhs[k, s], UT, peep[k], cs[k, s], gates[k, s], tc[k, s], dxp[k, s], dpeep[k],
                 steps[k, s], zero, dh, dc)  # fmt: skip
-            _seq_dU(hs[k, s], dxp[k, s], 0, 4 * H, dU[k], steps[k, s])
+            _seq_dU(hs[k, s], dxp[k, s], 0, 4 * H, dU[k], steps[k, s], zero)
 
 
 @_raw
@@ -811,10 +845,11 @@ def _lstm_bwd_seq(dhs, UT, peep, cs, gates, tc, dxp, dpeep, m, zero, dh, dc):
 
 
 @_jit
-def _readout(hs, V, c, out, steps):
+def _readout(hs, V, c, out, steps, work):
     K, B, T, _ = hs.shape
+    Vk = _take(work, 0, V.shape[1], _lanes(V.shape[2]))[0]
     for k in range(K):
-        Vk = _padded(V[k], 0, V.shape[2], _lanes(V.shape[2]))
+        _padded(V[k], 0, V.shape[2], Vk)
         for s in range(B):
             o = out[k, s, : steps[k, s]]
             for t in range(o.shape[0]):  # the bias in every row: ~3x faster than o[:] = c[k], a broadcast
@@ -824,12 +859,13 @@ def _readout(hs, V, c, out, steps):
 
 
 @_jit
-def _readout_grad(dout, hs, V, dhs, dV, dc, steps):
+def _readout_grad(dout, hs, V, dhs, dV, dc, steps, work):
     """Sums over (sequence, step) run in a fixed order, so zero-gradient padding appended to a batch
     (longer T or more sequences) leaves every gradient bit-identical."""
     K, B, T, H = hs.shape
+    VT = _take(work, 0, V.shape[2], _lanes(H))[0]
     for k in range(K):
-        VT = _transposed(V[k], _lanes(H))
+        _transposed(V[k], VT)
         for s in range(B):
             n = steps[k, s]
             for t in range(n):
@@ -882,7 +918,32 @@ _SGEMM = _sgemm_address() if njit is not None else None
 if njit is not None:
     # bound by name, not as a pointer constant, so the kernels calling it stay cacheable on disk
     binding.add_symbol("gru_bench_sgemm", _SGEMM or 0)
-    _sgemm = types.ExternalFunction("gru_bench_sgemm", types.void(*[types.voidptr] * 13))
+
+    @intrinsic
+    def _sgemm(typingctx, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        """Fortran sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc): the scalars it takes by reference
+        on the stack (numpy arrays for them would need NRT), the matrices' data pointers."""
+
+        def codegen(context, builder, sig, args):
+            vp = ir.IntType(8).as_pointer()
+            i8, i32 = ir.IntType(8), ir.IntType(32)
+
+            def ref(v):
+                return builder.bitcast(cgutils.alloca_once_value(builder, v), vp)
+
+            def data(i):
+                return builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data, vp)
+
+            ints = {i: ref(builder.trunc(args[i], i32)) for i in (2, 3, 4, 6, 8, 11)}
+            one = ref(ir.Constant(ir.FloatType(), 1.0))
+            call = [ref(builder.trunc(args[i], i8)) for i in (0, 1)] + [ints[2], ints[3], ints[4], one]
+            call += [data(5), ints[6], data(7), ints[8], ref(args[9]), data(10), ints[11]]
+            fnty = ir.FunctionType(ir.VoidType(), [vp] * 13)
+            builder.call(cgutils.get_or_insert_function(builder.module, fnty, "gru_bench_sgemm"), call)
+            return context.get_dummy_value()
+
+        sig = types.none(ta, tb, m, n, k, a, lda, b, ldb, types.float32, c, ldc)
+        return sig, codegen
 
 
 @contextmanager
@@ -936,13 +997,21 @@ def _gemm(a, b, c, ta, tb, beta):
     if m == 0 or n == 0:
         return
     if kk == 0:
-        c *= beta
+        for i in range(m):
+            for j in range(n):
+                c[i, j] *= beta
         return
-    p = np.array([n, m, kk, _ld(b), _ld(a), _ld(c)], np.int32)
-    f = np.array([1.0, beta], np.float32)
-    tr = np.array([84 if tb else 78, 84 if ta else 78], np.uint8)  # 'T', 'N'
-    _sgemm(tr[:1].ctypes, tr[1:].ctypes, p[:1].ctypes, p[1:].ctypes, p[2:].ctypes, f[:1].ctypes, b.ctypes,
-           p[3:].ctypes, a.ctypes, p[4:].ctypes, f[1:].ctypes, c.ctypes, p[5:].ctypes)  # fmt: skip
+    # 'T' / 'N'
+    _sgemm(84 if tb else 78, 84 if ta else 78, n, m, kk, b, _ld(b), a, _ld(a), F32(beta), c, _ld(c))
+
+
+@_jit
+def _longest(steps):
+    """max(steps) (numba's .max() allocates, which a function without NRT may not)."""
+    m = 0
+    for s in steps:
+        m = max(m, s)
+    return m
 
 
 @_jit
@@ -959,7 +1028,7 @@ def _acc_dU(hs, g, dU, steps):
 def _tanh_fwd_blas(xp, U, hs, steps):
     K, B, T, H = hs.shape
     for k in range(K):
-        for t in range(steps[k].max()):
+        for t in range(_longest(steps[k])):
             if t > 0:
                 _gemm(hs[k, :, t - 1], U[k], xp[k, :, t], False, False, ONE)
             for s in range(B):  # rows of C arrays, not of the 2-D views above: those do not vectorise
@@ -970,12 +1039,12 @@ def _tanh_fwd_blas(xp, U, hs, steps):
 
 
 @_jit
-def _tanh_bwd_blas(dhs, U, hs, dxp, dU, steps):
+def _tanh_bwd_blas(dhs, U, hs, dxp, dU, steps, work):
     K, B, T, H = hs.shape
-    dh = np.zeros((B, H), F32)
+    dh = _take(work, 0, B, H)[0]
     for k in range(K):
         dh[:] = 0
-        for t in range(steps[k].max() - 1, -1, -1):
+        for t in range(_longest(steps[k]) - 1, -1, -1):
             for s in range(B):
                 if t >= steps[k, s]:
                     dxp[k, s, t] = 0
@@ -987,12 +1056,13 @@ def _tanh_bwd_blas(dhs, U, hs, dxp, dU, steps):
 
 
 @_jit
-def _gru_fwd_blas(xp, U, hs, r, z, n, steps):
+def _gru_fwd_blas(xp, U, hs, r, z, n, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    rh = np.zeros((B, H), F32)
+    zero, o = _zeros(work, 0, H)
+    rh = _take(work, o, B, H)[0]
+    rh[:] = 0
     for k in range(K):
-        for t in range(steps[k].max()):
+        for t in range(_longest(steps[k])):
             if t > 0:
                 _gemm(hs[k, :, t - 1], U[k, :, : 2 * H], xp[k, :, t, : 2 * H], False, False, ONE)
             for s in range(B):  # rows of C arrays, not of the 2-D views above: those do not vectorise
@@ -1012,15 +1082,16 @@ def _gru_fwd_blas(xp, U, hs, r, z, n, steps):
 
 
 @_jit
-def _gru_bwd_blas(dhs, U, hs, r, z, n, dxp, dU, steps):
+def _gru_bwd_blas(dhs, U, hs, r, z, n, dxp, dU, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    dh = np.zeros((B, H), F32)
-    drh = np.zeros((B, H), F32)
-    rh = np.empty((T, H), F32)  # rows 1..m-1 written before they are read
+    zero, o = _zeros(work, 0, H)
+    dh, o = _take(work, o, B, H)
+    drh, o = _take(work, o, B, H)
+    drh[:] = 0
+    rh = _take(work, o, T, H)[0]  # rows 1..m-1 written before they are read
     for k in range(K):
         dh[:] = 0
-        for t in range(steps[k].max() - 1, -1, -1):
+        for t in range(_longest(steps[k]) - 1, -1, -1):
             for s in range(B):
                 g = dxp[k, s, t]
                 if t >= steps[k, s]:
@@ -1048,13 +1119,13 @@ def _gru_bwd_blas(dhs, U, hs, r, z, n, dxp, dU, steps):
 
 
 @_jit
-def _gru_cudnn_fwd_blas(xp, U, bhn, hs, r, z, n, hn, steps):
+def _gru_cudnn_fwd_blas(xp, U, bhn, hs, r, z, n, hn, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    hu = np.zeros((B, 3 * H), F32)
+    zero, o = _zeros(work, 0, H)
+    hu = _take(work, o, B, 3 * H)[0]
     for k in range(K):
         hu[:] = 0
-        for t in range(steps[k].max()):
+        for t in range(_longest(steps[k])):
             if t > 0:
                 _gemm(hs[k, :, t - 1], U[k], hu, False, False, F32(0.0))
             for s in range(B):
@@ -1069,14 +1140,15 @@ def _gru_cudnn_fwd_blas(xp, U, bhn, hs, r, z, n, hn, steps):
 
 
 @_jit
-def _gru_cudnn_bwd_blas(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
+def _gru_cudnn_bwd_blas(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    dh = np.zeros((B, H), F32)
-    gh = np.empty((B, T, 3 * H), F32)  # gradients of h U (the n block is r times dxp's), written first
+    zero, o = _zeros(work, 0, H)
+    dh, o = _take(work, o, B, H)
+    gh = _take(work, o, B, T * 3 * H)[0].reshape((B, T, 3 * H))  # gradients of h U (the n block is r
+    # times dxp's), written first
     for k in range(K):
         dh[:] = 0
-        for t in range(steps[k].max() - 1, -1, -1):
+        for t in range(_longest(steps[k]) - 1, -1, -1):
             for s in range(B):
                 if t >= steps[k, s]:
                     dxp[k, s, t] = 0
@@ -1094,11 +1166,11 @@ def _gru_cudnn_bwd_blas(dhs, U, hs, r, z, n, hn, dxp, dU, dbhn, steps):
 
 
 @_jit
-def _lstm_fwd_blas(xp, U, peep, hs, cs, gates, tc, steps):
+def _lstm_fwd_blas(xp, U, peep, hs, cs, gates, tc, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
+    zero = _zeros(work, 0, H)[0]
     for k in range(K):
-        for t in range(steps[k].max()):
+        for t in range(_longest(steps[k])):
             if t > 0:
                 _gemm(hs[k, :, t - 1], U[k], xp[k, :, t], False, False, ONE)
             for s in range(B):  # rows of C arrays, not of the 2-D views above: those do not vectorise
@@ -1110,15 +1182,15 @@ def _lstm_fwd_blas(xp, U, peep, hs, cs, gates, tc, steps):
 
 
 @_jit
-def _lstm_bwd_blas(dhs, U, peep, hs, cs, gates, tc, dxp, dU, dpeep, steps):
+def _lstm_bwd_blas(dhs, U, peep, hs, cs, gates, tc, dxp, dU, dpeep, steps, work):
     K, B, T, H = hs.shape
-    zero = np.zeros(H, F32)
-    dh = np.zeros((B, H), F32)
-    dc = np.zeros((B, H), F32)
+    zero, o = _zeros(work, 0, H)
+    dh, o = _take(work, o, B, H)
+    dc = _take(work, o, B, H)[0]
     for k in range(K):
         dh[:] = 0
         dc[:] = 0
-        for t in range(steps[k].max() - 1, -1, -1):
+        for t in range(_longest(steps[k]) - 1, -1, -1):
             for s in range(B):
                 if t >= steps[k, s]:
                     dxp[k, s, t] = 0
@@ -1141,7 +1213,8 @@ def _readout_blas(hs, V, c, out, steps):
         for s in range(B):
             o = out[k, s, : steps[k, s]]
             for t in range(o.shape[0]):
-                o[t] = c[k]
+                for j in range(o.shape[1]):
+                    o[t, j] = c[k, j]
             _gemm(hs[k, s, : steps[k, s]], V[k], o, False, False, ONE)
 
 
@@ -1175,64 +1248,66 @@ KINDS = ("tanh", "gru", "gru_cudnn", "lstm")  # the dispatchers' kind codes: an 
 
 
 @_jit
-def _forward(kind, blas, xp, U, peep, bhn, hs, s0, s1, s2, s3, V, c, logits, steps):
+def _forward(kind, blas, xp, U, peep, bhn, hs, s0, s1, s2, s3, V, c, logits, steps, work):
     """hs and the logits from the projected inputs xp: KINDS[kind]'s recurrence and the readout, on the
     BLAS path or the element one. s0..s3: what the backward needs (_buffers); peep: the LSTM's peepholes,
-    bhn: the cuDNN GRU's b_hn (other kinds ignore them)."""
+    bhn: the cuDNN GRU's b_hn (other kinds ignore them); work: scratch (work_floats)."""
     if kind == 0:
         if blas:
             _tanh_fwd_blas(xp, U, hs, steps)
         else:
-            _tanh_fwd(xp, U, hs, steps)
+            _tanh_fwd(xp, U, hs, steps, work)
     elif kind == 1:
         if blas:
-            _gru_fwd_blas(xp, U, hs, s0, s1, s2, steps)
+            _gru_fwd_blas(xp, U, hs, s0, s1, s2, steps, work)
         else:
-            _gru_fwd(xp, U, hs, s0, s1, s2, steps)
+            _gru_fwd(xp, U, hs, s0, s1, s2, steps, work)
     elif kind == 2:
         if blas:
-            _gru_cudnn_fwd_blas(xp, U, bhn, hs, s0, s1, s2, s3, steps)
+            _gru_cudnn_fwd_blas(xp, U, bhn, hs, s0, s1, s2, s3, steps, work)
         else:
-            _gru_cudnn_fwd(xp, U, bhn, hs, s0, s1, s2, s3, steps)
+            _gru_cudnn_fwd(xp, U, bhn, hs, s0, s1, s2, s3, steps, work)
     else:
         if blas:
-            _lstm_fwd_blas(xp, U, peep, hs, s0, s1, s2, steps)
+            _lstm_fwd_blas(xp, U, peep, hs, s0, s1, s2, steps, work)
         else:
-            _lstm_fwd(xp, U, peep, hs, s0, s1, s2, steps)
+            _lstm_fwd(xp, U, peep, hs, s0, s1, s2, steps, work)
     if blas:
         _readout_blas(hs, V, c, logits, steps)
     else:
-        _readout(hs, V, c, logits, steps)
+        _readout(hs, V, c, logits, steps, work)
 
 
 @_jit
-def _backward(kind, blas, dlog, U, V, peep, hs, s0, s1, s2, s3, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps):
+def _backward(
+    kind, blas, dlog, U, V, peep, hs, s0, s1, s2, s3, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps, work
+):
     """_forward's gradients from dlog = dL/dlogits: dU, dV, dc, dpeep, dbhn accumulate; dxp (dL/dxp) and dhs
     are overwritten."""
     if blas:
         _readout_grad_blas(dlog, hs, V, dhs, dV, dc, steps)
     else:
-        _readout_grad(dlog, hs, V, dhs, dV, dc, steps)
+        _readout_grad(dlog, hs, V, dhs, dV, dc, steps, work)
     if kind == 0:
         if blas:
-            _tanh_bwd_blas(dhs, U, hs, dxp, dU, steps)
+            _tanh_bwd_blas(dhs, U, hs, dxp, dU, steps, work)
         else:
-            _tanh_bwd(dhs, U, hs, dxp, dU, steps)
+            _tanh_bwd(dhs, U, hs, dxp, dU, steps, work)
     elif kind == 1:
         if blas:
-            _gru_bwd_blas(dhs, U, hs, s0, s1, s2, dxp, dU, steps)
+            _gru_bwd_blas(dhs, U, hs, s0, s1, s2, dxp, dU, steps, work)
         else:
-            _gru_bwd(dhs, U, hs, s0, s1, s2, dxp, dU, steps)
+            _gru_bwd(dhs, U, hs, s0, s1, s2, dxp, dU, steps, work)
     elif kind == 2:
         if blas:
-            _gru_cudnn_bwd_blas(dhs, U, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
+            _gru_cudnn_bwd_blas(dhs, U, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps, work)
         else:
-            _gru_cudnn_bwd(dhs, U, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps)
+            _gru_cudnn_bwd(dhs, U, hs, s0, s1, s2, s3, dxp, dU, dbhn, steps, work)
     else:
         if blas:
-            _lstm_bwd_blas(dhs, U, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
+            _lstm_bwd_blas(dhs, U, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps, work)
         else:
-            _lstm_bwd(dhs, U, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps)
+            _lstm_bwd(dhs, U, peep, hs, s0, s1, s2, dxp, dU, dpeep, steps, work)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -1241,14 +1316,13 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 @_jit
-def _nll(logits, x, steps, sums, dlog):
+def _nll(logits, x, steps, sums, dlog, acc, work):
     """sums[k, s]: frame NLL of the targets x[k, s, t + 1] summed over sequence s's steps, in float64 per note
     and then over notes (a fixed order that vectorises); dlog = d sums / d logits = sigmoid(logits) - y
-    (within each sequence's steps only)."""
+    (within each sequence's steps only). acc: float64 scratch of the notes' width; work: float32 scratch."""
     K, B = steps.shape
     zero = F32(0.0)
-    acc = np.empty(logits.shape[3], np.float64)
-    term = np.empty(logits.shape[3], F32)
+    term = _take(work, 0, 1, logits.shape[3])[0][0]
     for k in range(K):
         for s in range(B):
             acc[:] = 0.0
@@ -1262,7 +1336,10 @@ def _nll(logits, x, steps, sums, dlog):
                     _put(d, j, simd.where(aj >= zero, ONE, e) / (ONE + e) - yj, m)
                 for j in range(acc.shape[0]):  # the float64 sums apart (LLVM runs them 8 lanes wide)
                     acc[j] += term[j]
-            sums[k, s] = acc.sum()
+            total = 0.0
+            for j in range(acc.shape[0]):  # in order, as numpy's sum of these few adds them
+                total += acc[j]
+            sums[k, s] = total
 
 
 class _NextFrame(torch.autograd.Function):
@@ -1277,20 +1354,21 @@ class _NextFrame(torch.autograd.Function):
             T -= 1  # the last frame is only a target
         steps = np.full((K, B), T, np.int64) if steps is None else _np(steps.clamp(0, T).long())
         xp = np.empty((K, B, T, Wn.shape[2]), np.float32)
-        _project(xn, Wn, _np(b), xp, steps)
+        _project(xn, Wn, _np(b), xp, steps, np.empty(xn.shape[3], np.int64))
         hs = np.empty((K, B, T, Un.shape[1]), np.float32)
         saved = _buffers(kind, hs, Wn.shape[2])
         peep = _np(extra) if kind == "lstm" else np.empty((0, 0, 0), np.float32)
         bhn = _np(extra) if kind == "gru_cudnn" else np.empty((0, 0), np.float32)
         blas = use_blas(B, Un.shape[1])
         logits = np.zeros((K, B, T, Vn.shape[2]), np.float32)  # stays 0 after each sequence's end
-        _forward(KINDS.index(kind), blas, xp, Un, peep, bhn, hs, *saved, Vn, _np(c), logits, steps)
+        work = np.empty(work_floats(Un.shape[2], Un.shape[1], Vn.shape[2], B, T), np.float32)
+        _forward(KINDS.index(kind), blas, xp, Un, peep, bhn, hs, *saved, Vn, _np(c), logits, steps, work)
         ctx.kind, ctx.blas, ctx.arrays, ctx.dlog = kind, blas, (xn, Un, Vn, peep, bhn, hs, saved, steps), None
         if not nll:
             return torch.from_numpy(logits)
         sums = np.zeros((K, B), np.float64)
         dlog = np.empty_like(logits)
-        _nll(logits, xn, steps, sums, dlog)
+        _nll(logits, xn, steps, sums, dlog, np.empty(Vn.shape[2]), work)
         ctx.dlog = dlog
         return torch.from_numpy(sums)
 
@@ -1307,10 +1385,13 @@ class _NextFrame(torch.autograd.Function):
         dxp = np.empty((*hs.shape[:3], Un.shape[2]), np.float32)
         dU, dpeep, dbhn = np.zeros_like(Un), np.zeros_like(peep), np.zeros_like(bhn)
         kind = KINDS.index(ctx.kind)
-        _backward(kind, ctx.blas, dlogits, Un, Vn, peep, hs, *saved, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps)
+        work = np.empty(work_floats(Un.shape[2], Un.shape[1], Vn.shape[2], *hs.shape[1:3]), np.float32)
+        _backward(
+            kind, ctx.blas, dlogits, Un, Vn, peep, hs, *saved, dhs, dxp, dU, dV, dc, dpeep, dbhn, steps, work
+        )
         dW = np.zeros((Un.shape[0], xn.shape[3], Un.shape[2]), np.float32)
         db = np.zeros((Un.shape[0], Un.shape[2]), np.float32)
-        _project_grad(xn, dxp, dW, db, steps)
+        _project_grad(xn, dxp, dW, db, steps, np.empty(xn.shape[3], np.int64))
         grads = [torch.from_numpy(a) for a in (dW, db, dU, dV, dc)]
         dextra = {"lstm": dpeep, "gru_cudnn": dbhn}.get(ctx.kind)
         return None, None, *grads, None if dextra is None else torch.from_numpy(dextra), None, None
