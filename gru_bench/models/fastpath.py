@@ -179,6 +179,7 @@ def _noisy(w, noise, std, out, transpose):
 
 @_jit
 def _any_nonzero(a):
+    """np.any(a != 0) without the temporary array (the driver may not allocate)."""
     for i in range(a.shape[0]):
         if a[i] != 0:
             return True
