@@ -114,6 +114,16 @@ def test_compiled_update_equals_the_autograd_path(
     assert fast.runs[0].updates == 6
 
 
+def _two_grus() -> tuple[StackedModel, StackedRMSProp]:
+    """A stack of two 5-unit paper GRUs and the authors' optimizer settings for it."""
+    model = build_model("gru", hidden=5, k=2)
+    model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
+    opt = StackedRMSProp(
+        list(model.parameters()), [0.9] * 2, [0.95] * 2, [0.0] * 2, "update", [1.0] * 2, floor=[0.01] * 2
+    )
+    return model, opt
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_noise_drawn_ahead_is_the_noise_each_update_would_draw(threads: int):
     """With the next update's noise drawn during this one, every update still gets the noise it would draw
@@ -127,10 +137,7 @@ def test_noise_drawn_ahead_is_the_noise_each_update_would_draw(threads: int):
     calls += [([0.05, 0.02], [True, True])] * 2
     runs = []
     for ahead in (False, True):
-        model = build_model("gru", hidden=5, k=2)
-        model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
-        params = list(model.parameters())
-        opt = StackedRMSProp(params, [0.9] * 2, [0.95] * 2, [0.0] * 2, "update", [1.0] * 2, floor=[0.01] * 2)
+        model, opt = _two_grus()
         noisy = model.recurrent_weights() + model.layer_weights()
         upd = FastUpdate(model, opt, noisy, [False, False], 1e18, threads=threads, draw_ahead=ahead)
         assert (upd._drawer is not None) is ahead
@@ -182,10 +189,7 @@ def test_sequences_are_read_where_they_are_whatever_their_layout():
     ]
     runs = []
     for plain in (True, False):
-        model = build_model("gru", hidden=5, k=2)
-        model.init_weights([torch.Generator().manual_seed(s) for s in (1, 2)])
-        params = list(model.parameters())
-        opt = StackedRMSProp(params, [0.9] * 2, [0.95] * 2, [0.0] * 2, "update", [1.0] * 2, floor=[0.01] * 2)
+        model, opt = _two_grus()
         upd = FastUpdate(model, opt, model.recurrent_weights(), [False, True], 1e18)
         out = []
         for batch in batches:

@@ -407,7 +407,6 @@ def _padded(M, c0, c1, out):
             o[j] = r[j]
         for j in range(r.shape[0], width):
             o[j] = 0
-    return out
 
 
 @_jit
@@ -416,7 +415,6 @@ def _transposed(M, out):
     _vec_mat(g, out, ...)."""
     out[:] = 0
     _transpose_sum(M, M, F32(0.0), out)
-    return out
 
 
 @_raw
