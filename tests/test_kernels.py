@@ -295,8 +295,9 @@ def _tiled_transpose(tile: int):
 @pytest.mark.parametrize("tile", [16, 8])
 def test_tiled_transposes_are_exact_and_stay_inside_the_output(tile):
     """_transpose_sum (tile x tile blocks transposed in registers): out = (a + z * s).T bit for bit, a.T
-    where s == 0 (z not used), ragged tiles at every edge; outside out[: n, : m] nothing is written but
-    zeros in the columns the last tile spans, where out has room for them (a padded transpose)."""
+    where s == 0 or z is None (z not used), ragged tiles at every edge; outside out[: n, : m] nothing is
+    written but zeros in the columns the last tile spans, where out has room for them (a padded
+    transpose)."""
     rng = np.random.default_rng(5)
     transpose = _tiled_transpose(tile)
     # (300, 20): kernels._WIDE rows or more, where the kernel takes 16 x 16 tiles on any CPU
@@ -305,13 +306,41 @@ def test_tiled_transposes_are_exact_and_stay_inside_the_output(tile):
         z = rng.normal(size=(m, n)).astype(np.float32)
         z[0, 0] = np.inf  # inf * 0 would be NaN: s == 0 must not use z
         end = -(-m // tile) * tile  # the last tile's end
-        for s, width in [(np.float32(0.0), m + 3), (np.float32(0.075), m), (np.float32(0.0), end + 5)]:
+        for s, zs, width in [
+            (np.float32(0.0), z, m + 3),
+            (np.float32(0.075), z, m),
+            (np.float32(0.0), z, end + 5),
+            (np.float32(0.0), None, end + 5),  # z None: a.T, z never read
+            (np.float32(0.075), None, m + 3),
+        ]:
             out = np.full((n + 1, width), 7.0, np.float32)
-            transpose(a, z, s, out)
-            want = (a + z * s).T if s else a.T
+            transpose(a, zs, s, out)
+            want = (a + z * s).T if s and zs is not None else a.T
             assert out[:n, :m].tobytes() == np.ascontiguousarray(want).tobytes()
             assert (out[n:] == 7).all() and (out[:, end:] == 7).all()
             assert (out[:n, m:end] == (0 if end <= width else 7)).all()
+
+
+def test_padded_and_transposed_copies_overwrite_all_of_their_output():
+    """kernels._padded and _transposed (the forward's and backward's copies of U and V, made in scratch
+    that other kernels used before): out is the copy with zeros in its padding, whatever out held."""
+    rng = np.random.default_rng(6)
+    for m, n in [(1, 1), (17, 33), (46, 138), (46, 88), (100, 300), (300, 20)]:
+        M = rng.normal(size=(m, n)).astype(np.float32)
+        for c0, c1 in [(0, n), (n // 3, n)]:
+            for width in (kernels._lanes(c1 - c0), kernels._lanes(c1 - c0) + 21):
+                out = np.full((m, width), np.nan, np.float32)
+                kernels._padded(M, c0, c1, out)
+                want = np.zeros((m, width), np.float32)
+                want[:, : c1 - c0] = M[:, c0:c1]
+                assert out.tobytes() == want.tobytes()
+        # widths: the backward's (whole vectors), one past m (the last tile has no room), wider
+        for width in (kernels._lanes(m), m + 1, kernels._lanes(m) + 21):
+            out = np.full((n, width), np.nan, np.float32)
+            kernels._transposed(M, out)
+            want = np.zeros((n, width), np.float32)
+            want[:, :m] = M.T
+            assert out.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("rev", [False, True])

@@ -189,7 +189,7 @@ def _any_nonzero(a):
 @_jit
 def _transpose(a, out):
     for k in range(a.shape[0]):
-        kn._transpose_sum(a[k], a[k], np.float32(0.0), out[k])
+        kn._transpose_sum(a[k], None, np.float32(0.0), out[k])
 
 
 @_raw
@@ -392,7 +392,8 @@ class FastUpdate:
         self.flags = np.zeros((5, self.k), np.bool_)
         self.flags[1] = list(per_frame)
         self._cap = (0, 0)
-        self._last: list = [None, None, [0.0] * self.k]  # active, lr, noise std set in the last call
+        self._quiet = (0.0,) * self.k  # the noise std of a call without noise
+        self._last: list = [None, None, self._quiet]  # active, lr, noise std set in the last call
         self._ok = self.flags[2:4]  # loss_ok, grad_ok: what a call returns
         # kernels.use_blas per batch size, asked once: it reads GRU_BENCH_BLAS, ~2 us a call
         self._blas: dict[int, bool] = {}
@@ -449,6 +450,7 @@ class FastUpdate:
         self.lay = np.concatenate([self.lay_fixed, lay_seq])
         self.seq = np.zeros(size, np.float32)
         self._src = np.zeros((self.k, b, 2), np.int64)  # see _copy_in
+        self._src_flat, self._counts = memoryview(self._src.reshape(-1)), [0] * self.k
         self.steps = np.zeros((self.k, b), np.int64)
         n_in, h = self.model.n_in, self.model.hidden
         self.f64 = np.zeros(self.k * (b + 1 + LANES + n_in))
@@ -491,18 +493,23 @@ class FastUpdate:
             self.flags[0] = self._last[0] = list(active)
         if lr != self._last[1]:
             self.hyper[0] = self._last[1] = list(lr)
-        std = [s if on and s > 0 else 0.0 for on, s in zip(active, noise_std, strict=False)]
-        std += [0.0] * (self.k - len(std))
+        if noise_std:
+            std = [s if on and s > 0 else 0.0 for on, s in zip(active, noise_std, strict=False)]
+            std += [0.0] * (self.k - len(std))
+        else:
+            std = self._quiet
         if std != self._last[2]:
             self.hyper[7] = std
             self.hyper[8] = std if self.noise_w else 0.0
             self._last[2] = std
-        noise = self._noise(std, generators)  # the set of buffers that holds this update's noise
+        noisy = std is not self._quiet and any(std)
+        # the set of buffers that holds this update's noise
+        noise = self._noise(std, generators) if noisy or self._ahead is not None else 0
         blas = self._blas.get(b)
         if blas is None:
             blas = self._blas[b] = kn.use_blas(b, self.model.hidden)
         args = self._args[blas][noise]
-        if self._drawer is not None and any(std) and self._longest >= AHEAD_STEPS:
+        if noisy and self._drawer is not None and self._longest >= AHEAD_STEPS:
             self._draw_ahead(1 - noise, std, generators)
         if self.pool is None:
             _update(*args, 0, 0, self.k)
@@ -557,30 +564,37 @@ class FastUpdate:
     def _load(self, batch: Sequence[Sequence[Tensor] | None]) -> tuple[int, list[Tensor]]:
         """Where the batch's sequences are, for the driver to copy them in (`_copy_in`; the buffers grown
         first where they do not fit); its size B. A sequence that is not a C-contiguous CPU float32 tensor
-        is copied into one first: the copies are returned with B, to be held until the update ends."""
+        is copied into one first: the copies are returned with B, to be held until the update ends.
+        Written through a memoryview (~3x faster than numpy's item assignment); a model's entries past its
+        sequences are zeroed only where the last call had more (`_counts`)."""
         cap_b, cap_t = self._cap
-        src, n_in, held = self._src, self.model.n_in, []
-        src.fill(0)
+        src, counts, n_in, held = self._src_flat, self._counts, self.model.n_in, []
         b = longest = 0
         for k, ss in enumerate(batch):
-            if not ss:
-                continue
-            if len(ss) > cap_b:
+            n = len(ss) if ss else 0
+            if n > cap_b:
                 return self._regrow(batch)
-            b = max(b, len(ss))
-            for i, s in enumerate(ss):
-                shape = s.shape
-                if len(shape) != 2 or shape[1] != n_in:
-                    raise ValueError(f"model {k}'s sequence {i} has shape {tuple(shape)}, not (T, {n_in})")
-                if shape[0] > cap_t:
+            j = 2 * cap_b * k
+            for i in range(n):
+                s = ss[i]
+                t, width = s.shape if s.dim() == 2 else (0, None)
+                if width != n_in:
+                    raise ValueError(f"model {k}'s sequence {i} has shape {tuple(s.shape)}, not (T, {n_in})")
+                if t > cap_t:
                     return self._regrow(batch)
-                if not (s.dtype is torch.float32 and s.is_cpu and s.is_contiguous()):
+                if s.dtype is not torch.float32 or not s.is_cpu or not s.is_contiguous():
                     s = s.detach().to("cpu", torch.float32).contiguous()
                     held.append(s)
-                src[k, i, 0] = s.data_ptr()
-                src[k, i, 1] = shape[0] - 1
-                longest = max(longest, shape[0] - 1)
-        self._longest = longest
+                src[j + 2 * i] = s.data_ptr()
+                src[j + 2 * i + 1] = t - 1
+                if t > longest:
+                    longest = t
+            for i in range(n, counts[k]):
+                src[j + 2 * i] = src[j + 2 * i + 1] = 0
+            counts[k] = n
+            if n > b:
+                b = n
+        self._longest = longest - 1
         return b, held
 
     def _regrow(self, batch: Sequence[Sequence[Tensor] | None]) -> tuple[int, list[Tensor]]:

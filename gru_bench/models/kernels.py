@@ -397,34 +397,46 @@ def _zeros(work, off, n):
 
 @_jit
 def _padded(M, c0, c1, out):
-    """out = columns c0:c1 of the C-ordered matrix M, zero columns appended up to out's width: _block
-    reads its rows a whole vector wide. Row by row over unit-stride slices: numba's 2-D slice assignment
-    into a zero matrix took over twice as long (46 x 92 floats: 4.1 against 1.8 us a call from Python)."""
-    width = out.shape[1]
+    """out = columns c0:c1 of the C-ordered matrix M, zero columns appended up to out's width (>= c1 - c0):
+    _block reads its rows a whole vector wide. Row by row over unit-stride slices, 16 floats at a time, the
+    ragged end's load giving the first zeros: numba's 2-D slice assignment into a zero matrix took over
+    twice as long (46 x 92 floats: 4.1 against 1.8 us a call from Python), an element loop 1.1-1.3x as
+    long as this (U and V of GRU 46)."""
+    n, width = c1 - c0, out.shape[1]
     for i in range(M.shape[0]):
         r, o = M[i, c0:c1], out[i]
-        for j in range(r.shape[0]):
-            o[j] = r[j]
-        for j in range(r.shape[0], width):
+        for j in range(0, n, LANES):
+            _put(o, j, _get(r, j, n - j), width - j)
+        for j in range(-(-n // LANES) * LANES, width):
             o[j] = 0
 
 
 @_jit
 def _transposed(M, out):
-    """out = M transposed, zero columns appended up to out's width: the backward's g @ M.T as
-    _vec_mat(g, out, ...)."""
-    out[:] = 0
-    _transpose_sum(M, M, F32(0.0), out)
+    """out = M transposed, zero columns appended up to out's width (zero rows below): the backward's
+    g @ M.T as _vec_mat(g, out, ...). Only what _transpose_sum leaves is zeroed: a tile with room in out's
+    rows stores whole vectors, its rows past M's as zeros, so for 46 units (48 wide) nothing is (zeroing
+    all of out first: ~1 us of a 1-step GRU 46 update)."""
+    _transpose_sum(M, None, F32(0.0), out)
+    m, n = M.shape
+    tile = LANES if _TILE == LANES or m >= _WIDE else _TILE
+    covered = -(-m // tile) * tile  # the last tile's end, where its row has room
+    start = covered if covered <= out.shape[1] else m
+    for i in range(out.shape[0]):
+        row = out[i]
+        for j in range(start if i < n else 0, row.shape[0]):
+            row[j] = 0
 
 
 @_raw
 def _transpose_sum(a, z, s, out):
-    """out[: n, : m] = (a + z * s).T for a (m, n), a.T itself where s == 0, one tile at a time transposed in
-    registers (simd.transpose16: ~6x faster than a loop that writes every element a row apart on the
-    AVX-512 Xeon; each element is the same a + z * s). Where out is wider than m, its columns from m to the
-    end of the last tile may be zeroed. Tiles of _TILE, but 16 x 16 from _WIDE rows on: an 8 x 8 tile writes
-    half of a 64-byte line of each output row, and where those rows are long the line has left the cache
-    before its other half comes (AMD EPYC, 512 x 1536: 1.7x the time of 16 x 16; 46 x 138: 0.75x)."""
+    """out[: n, : m] = (a + z * s).T for a (m, n), a.T itself where s == 0 or z is None, one tile at a time
+    transposed in registers (simd.transpose16: ~6x faster than a loop that writes every element a row apart
+    on the AVX-512 Xeon; each element is the same a + z * s). Where out is wider than m, its columns from m
+    to the end of the last tile may be zeroed. Tiles of _TILE, but 16 x 16 from _WIDE rows on: an 8 x 8
+    tile writes half of a 64-byte line of each output row, and where those rows are long the line has left
+    the cache before its other half comes (AMD EPYC, 512 x 1536: 1.7x the time of 16 x 16; 46 x 138:
+    0.75x)."""
     m, n = a.shape
     if _TILE == LANES or m >= _WIDE:
         for i in range(0, m, LANES):
