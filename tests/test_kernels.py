@@ -355,7 +355,7 @@ def test_blocked_outer_products_add_in_the_order_of_one_step_at_a_time(rev):
         blocked, stepwise = start.copy(), start.copy()
         kernels._outer_acc_steps(vs, gs, 2, 11, blocked, rev)
         for t in range(n - 1, -1, -1) if rev else range(n):
-            kernels._outer_acc(vs[t], gs[t, 2:11], stepwise)
+            stepwise += np.outer(vs[t], gs[t, 2:11])  # each product rounded, then each sum
         assert np.array_equal(blocked, stepwise)
 
 
