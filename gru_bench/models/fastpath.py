@@ -565,7 +565,7 @@ class FastUpdate:
         """Where the batch's sequences are, for the driver to copy them in (`_copy_in`; the buffers grown
         first where they do not fit); its size B. A sequence that is not a C-contiguous CPU float32 tensor
         is copied into one first: the copies are returned with B, to be held until the update ends.
-        Written through a memoryview (~3x faster than numpy's item assignment); a model's entries past its
+        Written through a memoryview (~2x faster than numpy's item assignment); a model's entries past its
         sequences are zeroed only where the last call had more (`_counts`)."""
         cap_b, cap_t = self._cap
         src, counts, n_in, held = self._src_flat, self._counts, self.model.n_in, []
